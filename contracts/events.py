@@ -1,0 +1,273 @@
+"""The event catalogue: every fact jetledger records, as frozen, versioned ``msgspec.Struct``s.
+
+Rules (STYLE.md §5): the tag is ``<name>.v<N>``; new fields get defaults; a breaking change is a new
+version plus an upcaster in ``contracts.codec``. Money is ``int`` minor units plus an ISO-4217 code.
+No event ever carries a full card number or a CVV: cards are known by id and ``last4`` only.
+
+Every source event lives on its card's subject family (``card.<card_id>.…``, see
+``contracts.subjects``) and names the client command that caused it (``command_id``; for money
+commands this is the client's ``transaction_id``). Events that move money carry their ``legs``,
+which sum to zero per currency.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+import msgspec
+
+CardType = Literal["debit", "credit", "prepaid"]
+Outcome = Literal["accepted", "declined"]
+
+# Machine-readable decline reasons (also the ``reason`` of a FAILED_PRECONDITION reply).
+DeclineReason = Literal[
+    "insufficient_funds",
+    "card_frozen",
+    "card_closed",
+    "card_not_frozen",
+    "card_already_frozen",
+    "currency_mismatch",
+    "authorization_not_found",
+    "authorization_not_open",
+    "authorization_expired",
+    "capture_exceeds_authorization",
+    "transaction_not_found",
+    "refund_exceeds_captured",
+    "limit_below_utilisation",
+    "limit_not_applicable",
+    "balance_not_zero",
+]
+
+
+class Leg(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One side of a double-entry posting: a signed amount on one account."""
+
+    account_id: str
+    amount: int  # minor units; negative = debit (money leaves the account), positive = credit
+    currency: str
+
+
+class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Fields every source event carries."""
+
+    # The last subject token(s) under the card family, e.g. "issued" or "transaction.created".
+    subject_suffix: ClassVar[str]
+
+    card_id: str
+    command_id: str
+    at: datetime  # when it was decided (UTC); the effective time of any legs
+
+
+# --- card lifecycle: card.<card_id>.<suffix> ------------------------------------------------------
+
+
+class CardIssued(Event, frozen=True, tag="card.issued.v1"):
+    subject_suffix: ClassVar[str] = "issued"
+    account_id: str
+    cardholder_name: str
+    card_type: CardType
+    currency: str
+    credit_limit: int = 0  # minor units; 0 for debit and prepaid cards
+    last4: str = ""
+
+
+class CardFrozen(Event, frozen=True, tag="card.frozen.v1"):
+    subject_suffix: ClassVar[str] = "frozen"
+    reason: str = ""
+
+
+class CardUnfrozen(Event, frozen=True, tag="card.unfrozen.v1"):
+    subject_suffix: ClassVar[str] = "unfrozen"
+
+
+class CardLimitChanged(Event, frozen=True, tag="card.limit_changed.v1"):
+    subject_suffix: ClassVar[str] = "limit_changed"
+    old_limit: int
+    new_limit: int
+
+
+class CardClosed(Event, frozen=True, tag="card.closed.v1"):
+    subject_suffix: ClassVar[str] = "closed"
+
+
+class CardFunded(Event, frozen=True, tag="card.funded.v1"):
+    """Money in: a top-up (debit/prepaid) or a repayment (credit), from the funding house account."""
+
+    subject_suffix: ClassVar[str] = "funded"
+    amount: int
+    currency: str
+    legs: tuple[Leg, ...]
+
+
+class BalanceAdjusted(Event, frozen=True, tag="card.adjusted.v1"):
+    """An operator correction, booked against the adjustments house account."""
+
+    subject_suffix: ClassVar[str] = "adjusted"
+    amount: int  # signed: positive credits the card, negative debits it
+    currency: str
+    legs: tuple[Leg, ...]
+    reason: str
+    actor: str
+
+
+# --- money: card.<card_id>.transaction.<kind> -----------------------------------------------------
+
+
+class TransactionCreated(Event, frozen=True, tag="transaction.created.v1"):
+    """A one-step purchase: posts immediately (the seed's ``transaction.created``)."""
+
+    subject_suffix: ClassVar[str] = "transaction.created"
+    merchant_id: str
+    amount: int
+    currency: str
+    legs: tuple[Leg, ...]
+    description: str = ""
+
+
+class TransactionAuthorized(Event, frozen=True, tag="transaction.authorized.v1"):
+    """A hold: reduces the card's available balance until captured, voided or expired."""
+
+    subject_suffix: ClassVar[str] = "transaction.authorized"
+    merchant_id: str
+    amount: int
+    currency: str
+    expires_at: datetime
+    description: str = ""
+
+
+class TransactionCaptured(Event, frozen=True, tag="transaction.captured.v1"):
+    """A full or partial capture of a hold: posts the captured amount."""
+
+    subject_suffix: ClassVar[str] = "transaction.captured"
+    authorization_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    legs: tuple[Leg, ...]
+
+
+class TransactionVoided(Event, frozen=True, tag="transaction.voided.v1"):
+    """The rest of a hold is released by the merchant."""
+
+    subject_suffix: ClassVar[str] = "transaction.voided"
+    authorization_id: str
+    released: int
+    currency: str
+
+
+class TransactionExpired(Event, frozen=True, tag="transaction.expired.v1"):
+    """The rest of a hold is released because it expired (appended by the sweeper)."""
+
+    subject_suffix: ClassVar[str] = "transaction.expired"
+    authorization_id: str
+    released: int
+    currency: str
+
+
+class TransactionRefunded(Event, frozen=True, tag="transaction.refunded.v1"):
+    """All or part of a posted purchase or capture goes back to the card."""
+
+    subject_suffix: ClassVar[str] = "transaction.refunded"
+    original_transaction_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    legs: tuple[Leg, ...]
+
+
+class TransactionDeclined(Event, frozen=True, tag="transaction.declined.v1"):
+    """A command refused by the rules. Recorded so a retry replays the decline and users are told."""
+
+    subject_suffix: ClassVar[str] = "transaction.declined"
+    command_type: str
+    reason: DeclineReason
+    detail: str = ""
+    amount: int = 0
+    currency: str = ""
+    merchant_id: str = ""
+
+
+SourceEvent = (
+    CardIssued
+    | CardFrozen
+    | CardUnfrozen
+    | CardLimitChanged
+    | CardClosed
+    | CardFunded
+    | BalanceAdjusted
+    | TransactionCreated
+    | TransactionAuthorized
+    | TransactionCaptured
+    | TransactionVoided
+    | TransactionExpired
+    | TransactionRefunded
+    | TransactionDeclined
+)
+
+SOURCE_EVENT_TYPES: tuple[type[Event], ...] = (
+    CardIssued,
+    CardFrozen,
+    CardUnfrozen,
+    CardLimitChanged,
+    CardClosed,
+    CardFunded,
+    BalanceAdjusted,
+    TransactionCreated,
+    TransactionAuthorized,
+    TransactionCaptured,
+    TransactionVoided,
+    TransactionExpired,
+    TransactionRefunded,
+    TransactionDeclined,
+)
+
+MoneyEvent = (
+    CardFunded | BalanceAdjusted | TransactionCreated | TransactionCaptured | TransactionRefunded
+)
+
+
+# --- the idempotency marker: command.<command_id> -------------------------------------------------
+
+
+class CommandRecorded(msgspec.Struct, frozen=True, tag_field="type", tag="command.recorded.v1"):
+    """The outcome marker of a command, appended atomically with the command's events.
+
+    It is the first and only message on ``command.<command_id>`` (expected subject sequence 0), so a
+    retry with the same id at any later time finds it, compares ``fingerprint`` (a hash of the
+    normalised command, id excluded) and returns the original outcome.
+    """
+
+    command_id: str
+    command_type: str
+    fingerprint: str
+    outcome: Outcome
+    card_id: str
+    at: datetime
+    reason: str = ""  # decline reason when outcome == "declined"
+    detail: str = ""
+    event_types: tuple[str, ...] = ()  # tags of the events appended with it, in order
+
+
+# --- derived: ledger.entry_created.<account_id> (published by the ledger projection's outbox) -----
+
+
+class LedgerEntryCreated(
+    msgspec.Struct, frozen=True, tag_field="type", tag="ledger.entry_created.v1"
+):
+    """One journal entry (one leg) written by the ledger projection (the seed's ``ledger.entry_created``).
+
+    Consumers must be idempotent by ``entry_id``: the outbox relay is at-least-once.
+    """
+
+    entry_id: str  # "<stream>:<sequence>:<leg index>": stable across replays
+    transaction_id: str
+    card_id: str
+    account_id: str
+    amount: int
+    currency: str
+    balance_after: int
+    event_type: str
+    effective_at: datetime
+    stream: str
+    stream_sequence: int

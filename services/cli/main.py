@@ -1,0 +1,4 @@
+"""jetledger CLI."""
+
+
+def main() -> None: ...

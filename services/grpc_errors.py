@@ -1,0 +1,95 @@
+"""The one table that maps domain errors to gRPC status codes (STYLE.md §7).
+
+Servicers raise ``contracts.errors`` exceptions; ``translate_errors`` turns them into statuses.
+A decline carries its machine-readable reason in the trailing metadata key ``jetledger-reason``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+import grpc
+
+from contracts.errors import (
+    Aborted,
+    AlreadyExists,
+    Conflict,
+    Declined,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    Unavailable,
+)
+
+REASON_METADATA_KEY: Final = "jetledger-reason"
+
+STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Declined: grpc.StatusCode.FAILED_PRECONDITION,
+    Conflict: grpc.StatusCode.ABORTED,
+    Aborted: grpc.StatusCode.ABORTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+# The reverse direction, for clients (the CLI, the intake calling GetCard).
+ERROR_FOR: Final[dict[grpc.StatusCode, type[LedgerError]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: Declined,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+}
+
+
+def status_for(error: LedgerError) -> grpc.StatusCode:
+    """Return the gRPC status code for a domain error (INTERNAL for anything unmapped)."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_FOR:
+            return STATUS_FOR[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> LedgerError:
+    """Turn a failed call into the domain error it stands for (client side)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+    kind = ERROR_FOR.get(code, LedgerError)
+    if kind is Declined:
+        reason = _reason(exc) or "declined"
+        return Declined(reason, details or "")
+    return kind(details or code.name)
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == REASON_METADATA_KEY:
+            return str(value)
+    return ""
+
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+
+
+def translate_errors(
+    method: Callable[[object, Req, grpc.aio.ServicerContext[Req, T]], Awaitable[T]],
+) -> Callable[[object, Req, grpc.aio.ServicerContext[Req, T]], Awaitable[T]]:
+    """Decorate an async servicer method so domain errors end the call with the mapped status."""
+
+    @functools.wraps(method)
+    async def wrapper(self: object, request: Req, context: grpc.aio.ServicerContext[Req, T]) -> T:
+        try:
+            return await method(self, request, context)
+        except LedgerError as exc:
+            if isinstance(exc, Declined):
+                context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
+            await context.abort(status_for(exc), str(exc))
+
+    return wrapper

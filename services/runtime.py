@@ -1,0 +1,159 @@
+"""What every service process shares: logging, the gRPC server with health and reflection,
+Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
+
+Shutdown order (DESIGN §3.10, issue 3): health goes NOT_SERVING first (load balancers stop
+routing), in-flight RPCs drain within a grace period, then the service's own resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+log = logging.getLogger("jetledger")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through."""
+
+    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        payload.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
+    """Configure the root logger: JSON lines for services, plain text for people."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@dataclass
+class GrpcService:
+    """One gRPC service to host: its full name, its add-to-server function and its servicer."""
+
+    name: str
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass
+class Runtime:
+    """A running gRPC server with health, reflection and a metrics endpoint."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    names: Sequence[str]
+    port: int
+    metrics_port: int | None
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register a coroutine to run after RPCs have drained (close pools, connections)."""
+        self._closers.append(closer)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING / NOT_SERVING for the server and every hosted service."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING, drain in-flight RPCs for up to ``grace`` seconds, then close resources."""
+        await self.set_serving(False)
+        await self.server.stop(grace)
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+async def start_grpc(
+    services: Iterable[GrpcService],
+    host: str,
+    port: int,
+    *,
+    metrics_port: int | None = None,
+    registry: CollectorRegistry | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> Runtime:
+    """Start an asyncio gRPC server hosting ``services`` plus health and reflection."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+            *options,
+        ]
+    )
+    services = list(services)
+    for svc in services:
+        svc.add(svc.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [svc.name for svc in services]
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    if metrics_port is not None:
+        kwargs: dict[str, Any] = {"addr": host}
+        if registry is not None:
+            kwargs["registry"] = registry
+        start_http_server(metrics_port, **kwargs)
+    runtime = Runtime(server, health_servicer, names, bound, metrics_port)
+    await runtime.set_serving(True)
+    log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
+    return runtime
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return when SIGTERM or SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -13,12 +13,15 @@ from typing import Any, Final
 import msgspec
 
 from contracts.errors import LedgerError
-from contracts.events import CommandRecorded, LedgerEntryCreated, SourceEvent
+from contracts.events import CommandRecorded, LedgerEntryCreated, PreferenceEvent, SourceEvent
 
 _encoder: Final = msgspec.json.Encoder(order="sorted")
 _event_decoder: Final[msgspec.json.Decoder[SourceEvent]] = msgspec.json.Decoder(SourceEvent)
 _marker_decoder: Final = msgspec.json.Decoder(CommandRecorded)
 _entry_decoder: Final = msgspec.json.Decoder(LedgerEntryCreated)
+_preference_decoder: Final[msgspec.json.Decoder[PreferenceEvent]] = msgspec.json.Decoder(
+    PreferenceEvent
+)
 
 # tag of an old version -> function turning its raw mapping into the next version's raw mapping
 UPCASTERS: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
@@ -61,6 +64,14 @@ def decode_entry(data: bytes) -> LedgerEntryCreated:
         return _entry_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise UndecodableEvent(f"undecodable ledger entry: {exc}") from exc
+
+
+def decode_preference_event(data: bytes) -> PreferenceEvent:
+    """Decode a notification-preference event (``notify.…`` subjects)."""
+    try:
+        return _preference_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UndecodableEvent(f"undecodable preference event: {exc}") from exc
 
 
 def event_type(event: msgspec.Struct) -> str:

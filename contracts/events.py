@@ -271,3 +271,71 @@ class LedgerEntryCreated(
     effective_at: datetime
     stream: str
     stream_sequence: int
+
+
+# --- notification preferences: notify.card.<card_id>.<suffix> and notify.default.<suffix> -----------
+
+# What a user can be told about. "posted" (one per ledger entry on the card's account) is opt-in.
+NotificationKind = Literal[
+    "purchase",
+    "decline",
+    "hold",
+    "capture",
+    "void",
+    "expiry",
+    "refund",
+    "funding",
+    "adjustment",
+    "low_balance",
+    "posted",
+]
+
+
+class NotifyEvent(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Fields every notification-preference event carries.
+
+    ``card_id`` names the card whose preferences change; the empty string is the operator's global
+    default, which applies to every card that has not set its own (and whose webhook endpoints
+    receive every card's notifications). Preferences are decisions, so they are events: a rebuild of
+    the notification projection keeps them (DESIGN §1).
+    """
+
+    subject_suffix: ClassVar[str]
+
+    card_id: str = ""
+    command_id: str
+    at: datetime
+
+
+class NotificationPreferencesSet(NotifyEvent, frozen=True, tag="notify.preferences_set.v1"):
+    """Replace one scope's preferences; ``None`` means "inherit the operator default"."""
+
+    subject_suffix: ClassVar[str] = "preferences_set"
+    kinds: tuple[NotificationKind, ...] | None = None  # kinds pushed to webhooks
+    low_balance_threshold: int | None = None  # minor units of the card's currency
+    low_balance_percent: int | None = None  # of the credit limit, or of the funds after a top-up
+
+
+class WebhookEndpointSet(NotifyEvent, frozen=True, tag="notify.webhook_set.v1"):
+    """Add a webhook endpoint, or replace it (new URL or rotated secret) when the id exists."""
+
+    subject_suffix: ClassVar[str] = "webhook_set"
+    endpoint_id: str
+    url: str
+    secret: str  # HMAC-SHA256 key of the endpoint's signatures; never logged, never returned
+
+
+class WebhookEndpointRemoved(NotifyEvent, frozen=True, tag="notify.webhook_removed.v1"):
+    """Stop delivering to one webhook endpoint (pending deliveries to it are cancelled)."""
+
+    subject_suffix: ClassVar[str] = "webhook_removed"
+    endpoint_id: str
+
+
+PreferenceEvent = NotificationPreferencesSet | WebhookEndpointSet | WebhookEndpointRemoved
+
+PREFERENCE_EVENT_TYPES: tuple[type[NotifyEvent], ...] = (
+    NotificationPreferencesSet,
+    WebhookEndpointSet,
+    WebhookEndpointRemoved,
+)

@@ -7,6 +7,8 @@ Subjects go broad → narrow. With the default empty prefix:
   the money events of the card's account
 - ``command.<command_id>`` — the idempotency/outcome marker of a command (one message, ever)
 - ``ledger.entry_created.<account_id>`` — derived journal entries (ledger projection outbox)
+- ``notify.card.<card_id>.preferences_set|webhook_set|webhook_removed`` — a card's notification
+  preferences; ``notify.default.…`` — the operator's global default (source stream)
 
 A card's lifecycle and money events share one compare-and-set family, ``card.<card_id>.>``, so a
 decision is never appended after a card event it did not see (DESIGN §3.6).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.events import Event
+from contracts.events import Event, NotifyEvent
 from contracts.ids import check_id
 
 
@@ -61,9 +63,24 @@ class Subjects:
     def all_commands(self) -> str:
         return f"{self.prefix}command.>"
 
+    def notify_event(self, card_id: str, event: NotifyEvent | type[NotifyEvent]) -> str:
+        """The subject of a preference event: one card's, or the operator default's (``""``)."""
+        scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
+        return f"{self.prefix}notify.{scope}.{event.subject_suffix}"
+
+    def notify_family(self, card_id: str) -> str:
+        """All preference events of one scope (a card, or the operator default for ``""``)."""
+        scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
+        return f"{self.prefix}notify.{scope}.>"
+
+    @property
+    def all_notify(self) -> str:
+        """Every notification-preference event (cards and the operator default)."""
+        return f"{self.prefix}notify.>"
+
     def source_stream_subjects(self) -> list[str]:
         """The subjects the source stream captures."""
-        return [self.all_cards, self.all_commands]
+        return [self.all_cards, self.all_commands, self.all_notify]
 
     # -- derived stream ---------------------------------------------------------------------------
 

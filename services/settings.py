@@ -53,6 +53,17 @@ class Settings:
     hold_ttl_seconds: int = 7 * 24 * 3600
     # Conflict retries (reload and decide again) before a command is ABORTED.
     max_conflict_retries: int = 8
+    # Notification service: the projection's Postgres schema, messages per fetch (= per Postgres
+    # transaction), and webhook delivery (backoff is configurable so tests run fast).
+    notification_schema: str = "notify"
+    notification_batch: int = 256
+    webhook_max_attempts: int = 8  # then the delivery is dead-lettered
+    webhook_backoff_base_seconds: float = 1.0  # doubles per attempt, with jitter
+    webhook_backoff_max_seconds: float = 300.0
+    webhook_timeout_seconds: float = 5.0
+    webhook_concurrency: int = 16  # POSTs in flight at once
+    # Test-only fault hook of the notification projector (see services/notification/faults.py).
+    notification_fault: str = ""
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.events import Event, NotifyEvent
+from contracts.events import CardIssued, Event, NotifyEvent
 from contracts.ids import check_id
 
 
@@ -53,6 +53,11 @@ class Subjects:
     def all_cards(self) -> str:
         """Every card lifecycle and money event (what the ledger projection consumes)."""
         return f"{self.prefix}card.>"
+
+    @property
+    def all_issued(self) -> str:
+        """The ``issued`` event of every card: one subject per card (the card directory)."""
+        return f"{self.prefix}card.*.{CardIssued.subject_suffix}"
 
     @property
     def all_money(self) -> str:

@@ -1,0 +1,148 @@
+"""``evolve(state, event)``: apply one recorded fact to a card's state. Pure, total, deterministic.
+
+Events are facts already decided, so ``evolve`` never refuses one: ``posted`` moves by the card
+account's legs whatever they refer to (the legs are the money), and bookkeeping for an unknown
+authorization or posting is skipped. ``decide`` only ever emits consistent events, so that branch
+is reached only by a stream written by something else, which ``verify`` would report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar, assert_never
+
+import msgspec
+
+from commands.state import EMPTY, CardState, ClosedHold, Hold, HoldEnd, Posting
+from contracts.events import (
+    BalanceAdjusted,
+    CardClosed,
+    CardFrozen,
+    CardFunded,
+    CardIssued,
+    CardLimitChanged,
+    CardUnfrozen,
+    Leg,
+    SourceEvent,
+    TransactionAuthorized,
+    TransactionCaptured,
+    TransactionCreated,
+    TransactionDeclined,
+    TransactionExpired,
+    TransactionRefunded,
+    TransactionVoided,
+)
+
+_V = TypeVar("_V")
+replace = msgspec.structs.replace
+
+
+def evolve(state: CardState, event: SourceEvent, sequence: int | None = None) -> CardState:
+    """Return the state after ``event``; with ``sequence``, record it as the state's version."""
+    if sequence is not None and sequence <= state.version:
+        raise ValueError(f"event sequence {sequence} is not after version {state.version}")
+    state = _apply(state, event)
+    last_at = event.at if state.last_at is None or event.at > state.last_at else state.last_at
+    return replace(state, version=state.version if sequence is None else sequence, last_at=last_at)
+
+
+def fold(events: Iterable[SourceEvent], state: CardState = EMPTY) -> CardState:
+    """Return the state after applying ``events`` in order to ``state`` (by default, no card)."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def _apply(state: CardState, event: SourceEvent) -> CardState:
+    match event:
+        case CardIssued():
+            return CardState(
+                exists=True,
+                card_id=event.card_id,
+                account_id=event.account_id,
+                card_type=event.card_type,
+                currency=event.currency,
+                credit_limit=event.credit_limit,
+                version=state.version,
+                last_at=state.last_at,
+            )
+        case CardFrozen():
+            return replace(state, status="frozen")
+        case CardUnfrozen():
+            return replace(state, status="active")
+        case CardClosed():
+            return replace(state, status="closed")
+        case CardLimitChanged():
+            return replace(state, credit_limit=event.new_limit)
+        case CardFunded() | BalanceAdjusted():
+            return _post(state, event.legs)
+        case TransactionCreated():
+            posting = Posting(merchant_id=event.merchant_id, amount=event.amount)
+            return replace(
+                _post(state, event.legs), postings=_put(state.postings, event.command_id, posting)
+            )
+        case TransactionAuthorized():
+            hold = Hold(
+                merchant_id=event.merchant_id, amount=event.amount, expires_at=event.expires_at
+            )
+            return replace(state, holds=_put(state.holds, event.command_id, hold))
+        case TransactionCaptured():
+            posting = Posting(merchant_id=event.merchant_id, amount=event.amount)
+            state = replace(
+                _post(state, event.legs), postings=_put(state.postings, event.command_id, posting)
+            )
+            return _capture(state, event.authorization_id, event.amount)
+        case TransactionVoided():
+            return _end_hold(state, event.authorization_id, "voided")
+        case TransactionExpired():
+            return _end_hold(state, event.authorization_id, "expired")
+        case TransactionRefunded():
+            state = _post(state, event.legs)
+            original = state.postings.get(event.original_transaction_id)
+            if original is None:
+                return state
+            refunded = replace(original, refunded=original.refunded + event.amount)
+            return replace(
+                state, postings=_put(state.postings, event.original_transaction_id, refunded)
+            )
+        case TransactionDeclined():
+            return state  # a recorded refusal: the card's version moves, nothing else
+        case _:
+            assert_never(event)
+
+
+def _post(state: CardState, legs: tuple[Leg, ...]) -> CardState:
+    """Move ``posted`` by the legs on the card's own account."""
+    delta = sum(leg.amount for leg in legs if leg.account_id == state.account_id)
+    return replace(state, posted=state.posted + delta) if delta else state
+
+
+def _capture(state: CardState, authorization_id: str, amount: int) -> CardState:
+    hold = state.holds.get(authorization_id)
+    if hold is None:
+        return state
+    hold = replace(hold, captured=hold.captured + amount)
+    if hold.remaining > 0:
+        return replace(state, holds=_put(state.holds, authorization_id, hold))
+    return _close(state, authorization_id, hold, "captured")
+
+
+def _end_hold(state: CardState, authorization_id: str, ended: HoldEnd) -> CardState:
+    hold = state.holds.get(authorization_id)
+    return state if hold is None else _close(state, authorization_id, hold, ended)
+
+
+def _close(state: CardState, authorization_id: str, hold: Hold, ended: HoldEnd) -> CardState:
+    """Move a hold to the closed ones, releasing whatever it still held."""
+    closed = ClosedHold(
+        merchant_id=hold.merchant_id, amount=hold.amount, captured=hold.captured, ended=ended
+    )
+    holds = {key: value for key, value in state.holds.items() if key != authorization_id}
+    return replace(
+        state, holds=holds, closed_holds=_put(state.closed_holds, authorization_id, closed)
+    )
+
+
+def _put(mapping: Mapping[str, _V], key: str, value: _V) -> dict[str, _V]:
+    """Return a copy of ``mapping`` with ``key`` set: states share nothing mutable."""
+    return {**mapping, key: value}

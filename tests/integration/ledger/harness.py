@@ -1,0 +1,75 @@
+"""Run the ledger projector in-process for tests and wait for it to reach a position."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from nats.js import JetStreamContext
+
+from contracts.subjects import StreamNames
+from projections.ledger.metrics import LedgerMetrics
+from projections.ledger.migrate import apply_migrations
+from projections.ledger.projector import Projector, ProjectorConfig
+from projections.ledger.schema import LIVE_SCHEMA
+from projections.ledger.store import tracking_position
+
+
+async def migrate(url: str) -> None:
+    """Apply the ledger migrations to ``url``."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        await apply_migrations(conn)
+
+
+async def position(url: str, stream: str, schema: str = LIVE_SCHEMA) -> int:
+    """Return the projection's tracking position (0 before the first batch)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        try:
+            return await tracking_position(conn, schema, stream)
+        except psycopg.errors.UndefinedTable:
+            return 0
+
+
+async def wait_for_position(url: str, stream: str, target: int, within: float = 20.0) -> None:
+    """Wait until the projection reached ``target`` (raise TimeoutError otherwise)."""
+    deadline = time.monotonic() + within
+    while (pos := await position(url, stream)) < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"projection at {pos}, wanted {target}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_outbox_empty(url: str, within: float = 20.0) -> None:
+    """Wait until the relay has published every outbox row."""
+    deadline = time.monotonic() + within
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute("SELECT count(*) FROM ledger_ops.outbox")
+            row = await cur.fetchone()
+            if row is not None and row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"outbox still holds {row}")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_projector(
+    url: str, js: JetStreamContext, streams: StreamNames, **config: Any
+) -> AsyncIterator[Projector]:
+    """Migrate, run a projector in a task, stop it on exit."""
+    await migrate(url)
+    projector = Projector(
+        url, js, streams, LedgerMetrics(), ProjectorConfig(fetch_timeout=0.2, **config)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        yield projector
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

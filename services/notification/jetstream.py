@@ -1,0 +1,215 @@
+"""The notification service's JetStream adapter, on nats-py: durable consumer, replay, atomic append.
+
+Built here because the shared ``eventstore`` package had not landed when this service was written;
+the shapes (``StoredMessage``, ``Delivery``, ``fetch(batch, timeout)``) follow its planned API so
+the two can be swapped. Two things it does on purpose:
+
+- ``DurableConsumer.fetch`` asks for *one* message with a long wait and then drains what else is
+  available with a very short one: nats-py's ``fetch(n)`` otherwise waits out its whole timeout for
+  the n-th message when fewer are pending, which would add the timeout to every notification's
+  latency at low load.
+- ``append_with_marker`` appends a preference event and its command outcome marker as one atomic
+  batch (ADR-50; DESIGN §4), the marker expecting an empty subject, so a command id is used once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.errors import NotFoundError
+
+from contracts.codec import decode_marker, encode
+from contracts.errors import AlreadyExists, Conflict, Unavailable
+from contracts.events import CommandRecorded
+
+WRONG_LAST_SEQUENCE: Final = 10071  # a failed expected-last-subject-sequence check
+DRAIN_TIMEOUT: Final = 0.002  # seconds to wait for more messages once one has arrived
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as stored in a stream."""
+
+    stream: str
+    sequence: int
+    subject: str
+    data: bytes
+    time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed out by a durable consumer, to be acked after its effects commit."""
+
+    message: StoredMessage
+    num_delivered: int
+    _msg: Msg
+
+    async def ack(self) -> None:
+        """Acknowledge: the consumer will not deliver it again."""
+        await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Ask for redelivery (after ``delay`` seconds)."""
+        await self._msg.nak(delay)
+
+
+def _stored(msg: Msg) -> StoredMessage:
+    meta = msg.metadata
+    return StoredMessage(
+        stream=meta.stream,
+        sequence=meta.sequence.stream,
+        subject=msg.subject,
+        data=msg.data,
+        time=meta.timestamp,
+    )
+
+
+class DurableConsumer:
+    """A durable pull consumer on one stream with one or more subject filters."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, stream: str) -> None:
+        self._sub = sub
+        self.stream = stream
+
+    @classmethod
+    async def create(
+        cls,
+        js: JetStreamContext,
+        stream: str,
+        durable: str,
+        filter_subjects: Sequence[str],
+        *,
+        ack_wait: float = 30.0,
+        max_deliver: int = -1,
+    ) -> DurableConsumer:
+        """Create or update the durable consumer and bind to it."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            filter_subjects=list(filter_subjects),
+            max_ack_pending=10_000,
+        )
+        await js.add_consumer(stream, config)
+        sub = await js.pull_subscribe_bind(durable, stream=stream)
+        return cls(sub, stream)
+
+    async def fetch(self, batch: int, max_wait: float) -> list[Delivery]:
+        """Wait up to ``max_wait`` s for a message, then return it with up to ``batch - 1`` more."""
+        try:
+            msgs = await self._sub.fetch(1, timeout=max_wait)
+        except TimeoutError:
+            return []
+        if batch > 1:
+            with contextlib.suppress(TimeoutError):
+                msgs += await self._sub.fetch(batch - 1, timeout=DRAIN_TIMEOUT)
+        return [Delivery(_stored(m), m.metadata.num_delivered, m) for m in msgs]
+
+    async def close(self) -> None:
+        """Stop receiving (the durable consumer and its position stay on the server)."""
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
+
+async def replay(
+    js: JetStreamContext,
+    stream: str,
+    filter_subjects: Sequence[str],
+    *,
+    batch: int = 1000,
+) -> AsyncIterator[list[StoredMessage]]:
+    """Yield the stream's matching messages from sequence 1 up to its last one at the start."""
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    if info.state.messages == 0:
+        return
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        filter_subjects=list(filter_subjects),
+        inactive_threshold=60.0,
+    )
+    sub = await js.pull_subscribe("", stream=stream, config=config)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except TimeoutError:
+                return  # nothing (more) matches the filters
+            stored = [_stored(m) for m in msgs]
+            within = [m for m in stored if m.sequence <= last]
+            if within:
+                yield within
+            if len(within) < len(stored) or msgs[-1].metadata.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def append_with_marker(
+    nc: NATS,
+    js: JetStreamContext,
+    stream: str,
+    event_subject: str,
+    event: msgspec.Struct,
+    marker_subject: str,
+    marker: CommandRecorded,
+    *,
+    ack_wait: float = 5.0,
+) -> tuple[int, bool]:
+    """Append ``event`` and its outcome marker atomically; return (marker sequence, replayed).
+
+    The marker must be the first message on its subject, so a retry of the same command finds it:
+    an identical command (same fingerprint) replays the original outcome, a different one is
+    ``AlreadyExists``.
+    """
+    batch_id = uuid.uuid4().hex
+    await nc.publish(
+        event_subject,
+        encode(event),
+        headers={Header.BATCH_ID: batch_id, Header.BATCH_SEQUENCE: "1"},
+    )
+    try:
+        reply = await nc.request(
+            marker_subject,
+            encode(marker),
+            timeout=ack_wait,
+            headers={
+                Header.BATCH_ID: batch_id,
+                Header.BATCH_SEQUENCE: "2",
+                Header.BATCH_COMMIT: "1",
+                Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+            },
+        )
+    except TimeoutError as exc:
+        raise Unavailable("JetStream did not acknowledge the command in time") from exc
+    ack: dict[str, Any] = msgspec.json.decode(reply.data)
+    error = ack.get("error")
+    if error is None:
+        return int(ack["seq"]), False
+    if error.get("err_code") != WRONG_LAST_SEQUENCE:
+        raise Unavailable(f"JetStream refused the command: {error.get('description', error)}")
+    try:
+        found = await js.get_last_msg(stream, marker_subject)
+    except NotFoundError as exc:
+        raise Conflict("the command's atomic batch was refused; retry") from exc
+    assert found.data is not None
+    assert found.seq is not None
+    original = decode_marker(found.data)
+    if original.fingerprint != marker.fingerprint:
+        raise AlreadyExists(f"command id {marker.command_id} was used for a different command")
+    return int(found.seq), True

@@ -1,0 +1,128 @@
+"""Composition root of the notification service: ``python -m services.notification.main``.
+
+Reads ``Settings`` from the environment, builds the adapters (NATS, a Postgres pool, an HTTP
+client) and runs four things until SIGTERM/SIGINT: the projector (leader only), the webhook
+dispatcher, the LISTEN/NOTIFY wake-up listener and the gRPC server (health, reflection, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+import nats
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.errors import InvalidArgument
+from projections.notifications.schema import create_schemas, wake_channel
+from services.notification.grpc_api import SERVICE_NAME, NotificationServicer, add_to_server
+from services.notification.metrics import NotificationMetrics
+from services.notification.preferences import PreferenceCommands
+from services.notification.runner import ProjectorRunner, RunnerConfig
+from services.notification.wakeup import Waker
+from services.notification.webhooks import WebhookConfig, WebhookDispatcher
+from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.settings import Settings
+
+log = logging.getLogger("jetledger.notification")
+
+
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """The webhook retry policy from the settings."""
+    return WebhookConfig(
+        max_attempts=settings.webhook_max_attempts,
+        backoff_base=settings.webhook_backoff_base_seconds,
+        backoff_max=settings.webhook_backoff_max_seconds,
+        timeout=settings.webhook_timeout_seconds,
+        concurrency=settings.webhook_concurrency,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run the notification service until a shutdown signal."""
+    if not settings.nats_url or not settings.database_url:
+        raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
+    schema = settings.notification_schema
+    nc = await nats.connect(
+        settings.nats_url, name="jetledger-notification", max_reconnect_attempts=-1
+    )
+    js = nc.jetstream()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=2,
+        max_size=16,
+        kwargs={"autocommit": True, "prepare_threshold": None},
+        open=False,
+    )
+    await pool.open(wait=True)
+    async with pool.connection() as conn:
+        await create_schemas(conn, schema)
+    metrics, waker = NotificationMetrics(), Waker()
+    servicer = NotificationServicer(
+        pool, schema, settings.stream, PreferenceCommands(nc, js, settings.streams), waker, metrics
+    )
+    runtime = await start_grpc(
+        [GrpcService(SERVICE_NAME, add_to_server, servicer)],
+        settings.host,
+        settings.notification_port,
+        metrics_port=settings.notification_metrics_port,
+        registry=metrics.registry,
+    )
+    client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=64))
+    dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)
+    runner = ProjectorRunner(
+        js,
+        RunnerConfig(
+            database_url=settings.database_url,
+            streams=settings.streams,
+            schema=schema,
+            batch=settings.notification_batch,
+            fault=settings.notification_fault,
+        ),
+        metrics,
+        waker,
+    )
+    tasks = {
+        asyncio.create_task(runner.run(), name="projector"),
+        asyncio.create_task(dispatcher.run(), name="webhooks"),
+        asyncio.create_task(waker.listen(settings.database_url, wake_channel(schema)), name="wake"),
+    }
+    stop = asyncio.create_task(wait_for_shutdown_signal(), name="signal")
+    try:
+        pending = {stop, *tasks}
+        while stop in pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stop}:
+                error = None if task.cancelled() else task.exception()
+                # A poison message or a dead loop: stay up for reads, but stop reporting healthy.
+                log.error("%s stopped", task.get_name(), extra={"error": repr(error)})
+                await runtime.set_serving(False)
+    finally:
+        log.info("shutting down")
+        await runtime.stop(grace=2.0)
+        for task in tasks:
+            if task.get_name() != "webhooks":
+                task.cancel()
+        await dispatcher.close()
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+        await pool.close()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+def main() -> None:
+    """Entry point: read the settings, configure logging, serve."""
+    settings = Settings.from_env()
+    setup_logging("notification", settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Signed webhook delivery, at-least-once, with every bit of delivery state in Postgres.
+
+A delivery row is queued by the projector in the same transaction as its notification. The
+dispatcher claims due rows (``FOR UPDATE SKIP LOCKED``, so replicas share the work) and, in the same
+statement, counts the attempt and pushes ``next_attempt_at`` out by a lease: if the process dies
+mid-POST, the row becomes due again when the lease ends and is re-sent with the same idempotency
+key (the notification id). A 2xx marks it delivered; anything else (5xx, timeout, refused) schedules
+another attempt with exponential backoff and jitter, until the last attempt dead-letters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from projections.notifications.schema import check_schema, ops_schema
+from services.notification.metrics import NotificationMetrics
+from services.notification.signing import (
+    HEADER_ATTEMPT,
+    HEADER_ID,
+    HEADER_IDEMPOTENCY_KEY,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    backoff,
+    sign,
+)
+from services.notification.wakeup import Waker
+
+log = logging.getLogger("jetledger.notification.webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Retry policy and limits of webhook delivery."""
+
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 300.0
+    timeout: float = 5.0
+    concurrency: int = 16
+
+    @property
+    def lease(self) -> float:
+        """How long a claimed delivery is hidden from other claims (a POST's worst case, plus)."""
+        return self.timeout + 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    delivery_id: int
+    notification_id: str
+    endpoint_id: str
+    body: bytes
+    attempts: int
+    url: str | None
+    secret: str | None
+
+
+class WebhookDispatcher:
+    """Claims due deliveries and POSTs them, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        schema: str,
+        config: WebhookConfig,
+        metrics: NotificationMetrics,
+        waker: Waker,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.pool = pool
+        self.config = config
+        self.metrics = metrics
+        self.waker = waker
+        self.client = client
+        s, o = sql.Identifier(check_schema(schema)), sql.Identifier(ops_schema(schema))
+        self._claim_sql = sql.SQL(
+            "WITH due AS (SELECT delivery_id FROM {o}.deliveries"
+            "  WHERE status = 'pending' AND next_attempt_at <= now()"
+            "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED),"
+            " claimed AS (UPDATE {o}.deliveries d SET attempts = d.attempts + 1,"
+            "  next_attempt_at = now() + make_interval(secs => %s)"
+            "  FROM due WHERE d.delivery_id = due.delivery_id"
+            "  RETURNING d.delivery_id, d.notification_id, d.scope, d.endpoint_id, d.body,"
+            "  d.attempts)"
+            " SELECT c.delivery_id, c.notification_id, c.endpoint_id, c.body, c.attempts,"
+            "  e.url, e.secret FROM claimed c LEFT JOIN {s}.webhook_endpoints e"
+            "  ON e.card_id = c.scope AND e.endpoint_id = c.endpoint_id"
+        ).format(s=s, o=o)
+        self._next_due_sql = sql.SQL(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8"
+            " FROM {o}.deliveries WHERE status = 'pending'"
+        ).format(o=o)
+        self._done_sql = sql.SQL(
+            "UPDATE {o}.deliveries SET status = %s, last_http_status = %s, last_error = %s,"
+            " delivered_at = CASE WHEN %s::text = 'delivered' THEN now() END"
+            " WHERE delivery_id = %s"
+            " RETURNING extract(epoch FROM now() - created_at)::float8"
+        ).format(o=o)
+        self._retry_sql = sql.SQL(
+            "UPDATE {o}.deliveries SET last_http_status = %s, last_error = %s,"
+            " next_attempt_at = now() + make_interval(secs => %s) WHERE delivery_id = %s"
+        ).format(o=o)
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Deliver forever: wake on new deliveries, sleep until the next one is due."""
+        while True:
+            since = self.waker.generation
+            free = self.config.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            claimed = await self._claim(free)
+            for item in claimed:
+                task = asyncio.create_task(self._deliver(item))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+            if len(claimed) == free:
+                continue  # there may be more due: claim again as soon as a slot is free
+            await self.waker.wait(since, await self._idle_wait())
+
+    async def _idle_wait(self) -> float:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self._next_due_sql)
+            row = await cur.fetchone()
+        due_in = None if row is None else row[0]
+        return 1.0 if due_in is None else min(1.0, max(0.0, due_in))
+
+    async def _claim(self, limit: int) -> list[_Claimed]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self._claim_sql, (limit, self.config.lease))
+            return [_Claimed(*row) for row in await cur.fetchall()]
+
+    async def _deliver(self, item: _Claimed) -> None:
+        if item.url is None or item.secret is None:
+            await self._finish(item, "cancelled", 0, "endpoint removed")
+            return
+        stamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            HEADER_ID: item.notification_id,
+            HEADER_IDEMPOTENCY_KEY: item.notification_id,
+            HEADER_TIMESTAMP: str(stamp),
+            HEADER_SIGNATURE: sign(item.secret, item.notification_id, stamp, item.body),
+            HEADER_ATTEMPT: str(item.attempts),
+        }
+        status, error = 0, ""
+        try:
+            response = await self.client.post(
+                item.url, content=item.body, headers=headers, timeout=self.config.timeout
+            )
+            status = response.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        fields = {
+            "notification_id": item.notification_id,
+            "endpoint_id": item.endpoint_id,
+            "attempt": item.attempts,
+            "http_status": status,
+        }
+        if not error:
+            await self._finish(item, "delivered", status, "")
+            log.info("webhook delivered", extra=fields)
+        elif item.attempts >= self.config.max_attempts:
+            await self._finish(item, "dead", status, error)
+            self.metrics.dead_letters.inc()
+            log.error("webhook dead-lettered", extra={**fields, "error": error})
+        else:
+            delay = backoff(item.attempts, self.config.backoff_base, self.config.backoff_max)
+            async with self.pool.connection() as conn:
+                await conn.execute(self._retry_sql, (status, error, delay, item.delivery_id))
+            self.metrics.deliveries.labels("failed").inc()
+            self.metrics.retries.inc()
+            log.warning("webhook failed", extra={**fields, "error": error, "retry_in": delay})
+
+    async def _finish(self, item: _Claimed, status: str, http_status: int, error: str) -> None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                self._done_sql, (status, http_status, error, status, item.delivery_id)
+            )
+            row = await cur.fetchone()
+        self.metrics.deliveries.labels(status).inc()
+        if status == "delivered" and row is not None:
+            self.metrics.delivery_latency.observe(max(0.0, float(row[0])))
+
+    async def close(self) -> None:
+        """Let in-flight POSTs finish (their rows are leased, so a cut-off one is re-sent)."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=self.config.timeout)

@@ -14,12 +14,12 @@ from typing import Any, Final, TypeVar, cast
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from jetledger.notification.v1 import notification_pb2 as pb
-from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument, LedgerError, Unavailable
 from contracts.ids import check_id
+from jetledger.notification.v1 import notification_pb2 as pb
+from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
 from projections.notifications import queries
 from projections.notifications.core import Notification, ScopePrefs, effective
 from projections.notifications.cursor import (

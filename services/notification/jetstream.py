@@ -129,16 +129,18 @@ async def replay(
     stream: str,
     filter_subjects: Sequence[str],
     *,
+    from_sequence: int = 1,
     batch: int = 1000,
 ) -> AsyncIterator[list[StoredMessage]]:
-    """Yield the stream's matching messages from sequence 1 up to its last one at the start."""
+    """Yield the stream's matching messages from ``from_sequence`` up to its last one now."""
     info = await js.stream_info(stream)
     last = info.state.last_seq
-    if info.state.messages == 0:
+    if info.state.messages == 0 or from_sequence > last:
         return
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(1, from_sequence),
         filter_subjects=list(filter_subjects),
         inactive_threshold=60.0,
     )

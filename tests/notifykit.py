@@ -1,0 +1,280 @@
+"""Test support for the notification service: streams, fresh databases, events, a webhook receiver.
+
+The webhook receiver is a real HTTP server on 127.0.0.1 (stdlib ``ThreadingHTTPServer``) whose
+answers a test scripts per notification id: a status code, or a delay longer than the client's
+timeout. Every request it receives is recorded with its headers, body and arrival time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import nats
+import psycopg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from contracts.accounts import FUNDING, card_account, merchant_account
+from contracts.codec import encode
+from contracts.events import (
+    CardFunded,
+    CardIssued,
+    Event,
+    LedgerEntryCreated,
+    Leg,
+    TransactionCreated,
+    TransactionDeclined,
+)
+from contracts.subjects import StreamNames
+
+
+async def create_streams(js: JetStreamContext, streams: StreamNames) -> None:
+    """Create the test's source and derived streams (as the event store provisions them)."""
+    for name, subjects in [
+        (streams.source, streams.subjects.source_stream_subjects()),
+        (streams.derived, streams.subjects.derived_stream_subjects()),
+    ]:
+        await js.add_stream(
+            api.StreamConfig(
+                name=name,
+                subjects=subjects,
+                storage=api.StorageType.FILE,
+                discard=api.DiscardPolicy.NEW,
+                deny_delete=True,
+                deny_purge=True,
+                allow_direct=True,
+                allow_atomic=True,
+            )
+        )
+
+
+@contextlib.asynccontextmanager
+async def nats_client(url: str) -> AsyncIterator[NATS]:
+    """A connected NATS client, closed on exit."""
+    nc = await nats.connect(url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """Create a database with a random name; yield its URL; drop it afterwards."""
+    name = "nt_" + uuid.uuid4().hex[:12]
+    async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    try:
+        yield make_conninfo(**params)  # type: ignore[arg-type]
+    finally:
+        async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as admin:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Events:
+    """Builds valid source events for one card, with increasing times."""
+
+    card_id: str
+    currency: str = "USD"
+    _n: int = 0
+
+    def _id(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}-{uuid.uuid4().hex[:6]}"
+
+    def issue(self, limit: int = 0, last4: str = "4242") -> CardIssued:
+        """Issue the card (credit when ``limit`` > 0)."""
+        return CardIssued(
+            card_id=self.card_id,
+            command_id=self._id("iss"),
+            at=datetime.now(UTC),
+            account_id=card_account(self.card_id),
+            cardholder_name="Test Holder",
+            card_type="credit" if limit else "debit",
+            currency=self.currency,
+            credit_limit=limit,
+            last4=last4,
+        )
+
+    def fund(self, amount: int) -> CardFunded:
+        """Top the card up from the funding house account."""
+        return CardFunded(
+            card_id=self.card_id,
+            command_id=self._id("fund"),
+            at=datetime.now(UTC),
+            amount=amount,
+            currency=self.currency,
+            legs=(
+                Leg(FUNDING, -amount, self.currency),
+                Leg(card_account(self.card_id), amount, self.currency),
+            ),
+        )
+
+    def purchase(
+        self, amount: int, merchant: str = "m-1", description: str = ""
+    ) -> TransactionCreated:
+        """A one-step purchase."""
+        return TransactionCreated(
+            card_id=self.card_id,
+            command_id=self._id("tx"),
+            at=datetime.now(UTC),
+            merchant_id=merchant,
+            amount=amount,
+            currency=self.currency,
+            legs=(
+                Leg(card_account(self.card_id), -amount, self.currency),
+                Leg(merchant_account(merchant), amount, self.currency),
+            ),
+            description=description,
+        )
+
+    def decline(self, amount: int, merchant: str = "m-1") -> TransactionDeclined:
+        """A purchase refused for insufficient funds."""
+        return TransactionDeclined(
+            card_id=self.card_id,
+            command_id=self._id("dec"),
+            at=datetime.now(UTC),
+            command_type="create_transaction",
+            reason="insufficient_funds",
+            amount=amount,
+            currency=self.currency,
+            merchant_id=merchant,
+        )
+
+    def entry(self, source: TransactionCreated, stream: str, sequence: int) -> LedgerEntryCreated:
+        """The ledger entry of a purchase's card leg, as the ledger's outbox publishes it."""
+        return LedgerEntryCreated(
+            entry_id=f"{stream}:{sequence}:0",
+            transaction_id=source.command_id,
+            card_id=self.card_id,
+            account_id=card_account(self.card_id),
+            amount=-source.amount,
+            currency=self.currency,
+            balance_after=0,
+            event_type="transaction.created.v1",
+            effective_at=source.at,
+            stream=stream,
+            stream_sequence=sequence,
+        )
+
+
+async def append(js: JetStreamContext, streams: StreamNames, *events: Event) -> list[int]:
+    """Append card events to their subjects; return their sequences."""
+    seqs = []
+    for e in events:
+        ack = await js.publish(
+            streams.subjects.card_event(e.card_id, e), encode(e), stream=streams.source
+        )
+        seqs.append(int(ack.seq))
+    return seqs
+
+
+async def publish_entry(
+    js: JetStreamContext, streams: StreamNames, entry: LedgerEntryCreated
+) -> int:
+    """Publish a derived ledger entry (with Nats-Msg-Id = entry id, as the outbox does)."""
+    ack = await js.publish(
+        streams.subjects.entry_created(entry.account_id),
+        encode(entry),
+        stream=streams.derived,
+        headers={"Nats-Msg-Id": entry.entry_id},
+    )
+    return int(ack.seq)
+
+
+@dataclass
+class Received:
+    """One request the webhook receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def notification_id(self) -> str:
+        return self.headers.get("webhook-id", "")
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+@dataclass
+class WebhookReceiver:
+    """A real local HTTP server; ``script(notification_id, attempt) -> (status, delay seconds)``."""
+
+    script: Callable[[str, int], tuple[int, float]] = lambda _id, _n: (200, 0.0)
+    received: list[Received] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/hook"
+
+    def attempts(self, notification_id: str) -> list[Received]:
+        """Every request received for one notification, in arrival order."""
+        with self._lock:
+            return [r for r in self.received if r.notification_id == notification_id]
+
+    def ids(self) -> set[str]:
+        """The notification ids received at least once."""
+        with self._lock:
+            return {r.notification_id for r in self.received}
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("content-length", "0"))
+        body = handler.rfile.read(length)
+        got = Received(
+            handler.path, {k.lower(): v for k, v in handler.headers.items()}, body, time.monotonic()
+        )
+        with self._lock:
+            self.received.append(got)
+            attempt = sum(1 for r in self.received if r.notification_id == got.notification_id)
+        status, delay = self.script(got.notification_id, attempt)
+        if delay:
+            time.sleep(delay)
+        with contextlib.suppress(OSError):
+            handler.send_response(status)
+            handler.send_header("content-length", "0")
+            handler.end_headers()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[WebhookReceiver]:
+        """Serve on a free loopback port until the block ends."""
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
+            def do_POST(self) -> None:
+                receiver._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._server.shutdown()
+            self._server.server_close()

@@ -1,0 +1,114 @@
+"""Composition root of the ledger service: ``python -m services.ledger.main``.
+
+Reads ``Settings`` from the environment, applies the ledger migrations (safe with several replicas
+starting at once), then runs until SIGTERM/SIGINT: the gRPC ``LedgerService`` (health, reflection,
+metrics on its own registry) and the projector, which stands by until it holds the projection's
+lease. A poison event turns health NOT_SERVING (the process stays up: no crash loop). Shutdown:
+NOT_SERVING, drain RPCs, let the projector finish its batch, close Postgres and NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import nats
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.errors import InvalidArgument
+from jetledger.ledger.v1 import ledger_pb2_grpc
+from projections.ledger.metrics import LedgerMetrics
+from projections.ledger.migrate import apply_migrations
+from projections.ledger.projector import PoisonEvent, Projector, ProjectorConfig
+from services.ledger.servicer import SERVICE_NAME, LedgerServicer
+from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.settings import Settings
+
+log = logging.getLogger("jetledger.ledger")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the ledger service until a shutdown signal."""
+    if not settings.nats_url or not settings.database_url:
+        raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        await apply_migrations(conn)
+    nc = await nats.connect(settings.nats_url, name="jetledger-ledger", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=8,
+        # No server-side prepared statements: a rebuild swaps the schema under them.
+        kwargs={"autocommit": True, "prepare_threshold": None},
+        open=False,
+    )
+    await pool.open(wait=True)
+    metrics = LedgerMetrics()
+    servicer = LedgerServicer(pool, js, settings.streams, settings.ledger_max_wait_seconds)
+    runtime = await start_grpc(
+        [GrpcService(SERVICE_NAME, ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer)],
+        settings.host,
+        settings.ledger_port,
+        metrics_port=settings.ledger_metrics_port,
+        registry=metrics.registry,
+    )
+    background: set[asyncio.Task[Any]] = set()
+
+    def on_poison(_: PoisonEvent | None) -> None:
+        task = asyncio.get_running_loop().create_task(runtime.set_serving(False))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    projector = Projector(
+        settings.database_url,
+        js,
+        settings.streams,
+        metrics,
+        ProjectorConfig(
+            batch=settings.ledger_batch,
+            ack_wait=settings.ledger_ack_wait_seconds,
+            holder=f"{socket.gethostname()}:{os.getpid()}",
+            fault=settings.ledger_fault,
+        ),
+        on_poison=on_poison,
+    )
+    stop = asyncio.Event()
+    projector_task = asyncio.create_task(projector.run(stop), name="ledger-projector")
+
+    async def stop_projector() -> None:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(projector_task, 30)
+
+    runtime.on_close(nc.drain)
+    runtime.on_close(pool.close)
+    runtime.on_close(stop_projector)  # closers run in reverse: projector, then pool, then NATS
+
+    def on_projector_done(task: asyncio.Task[None]) -> None:
+        # An unexpected error stops projecting but not serving reads: report it, do not crash-loop.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("projector failed; reporting NOT_SERVING", exc_info=task.exception())
+            metrics.stopped.set(1)
+            on_poison(None)
+
+    projector_task.add_done_callback(on_projector_done)
+    await wait_for_shutdown_signal()
+    log.info("shutting down")
+    await runtime.stop(grace=5.0)
+
+
+def main() -> None:
+    """Entry point: configure logging from the settings and serve."""
+    settings = Settings.from_env()
+    setup_logging("ledger", settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

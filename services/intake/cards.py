@@ -1,0 +1,84 @@
+"""Per-card decision state, kept in memory and brought up to date from the card's stream family.
+
+The cache is an optimisation only: every append is compare-and-set on the card's family
+(``card.<id>.>``) at the cached version, so a stale entry costs one conflict and a tail reload,
+never a wrong decision (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from commands.evolve import evolve
+from commands.state import EMPTY, CardState
+from contracts.codec import decode_event
+from contracts.events import SourceEvent
+from contracts.subjects import Subjects
+from eventstore import EventStore, Position
+
+
+class CardStates:
+    """An LRU of card states plus one lock per card, so one process decides one card at a time."""
+
+    def __init__(self, store: EventStore, subjects: Subjects, capacity: int = 100_000) -> None:
+        self._store = store
+        self._subjects = subjects
+        self._capacity = capacity
+        self._states: OrderedDict[str, CardState] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def locked(self, card_id: str) -> AsyncIterator[None]:
+        """Serialise decisions on one card inside this process (replicas are handled by CAS)."""
+        lock = self._locks.setdefault(card_id, asyncio.Lock())
+        self._waiters[card_id] = self._waiters.get(card_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._waiters[card_id] -= 1
+            if self._waiters[card_id] == 0:
+                del self._waiters[card_id]
+                del self._locks[card_id]
+
+    async def current(self, card_id: str) -> CardState:
+        """Return the card's state, reading only the events appended since the cached version."""
+        state = self._states.get(card_id, EMPTY)
+        loaded = await self._store.load(
+            self._subjects.card_family(card_id), after_sequence=state.version
+        )
+        for message in loaded.messages:
+            state = evolve(state, decode_event(message.data), message.sequence)
+        self._remember(card_id, state)
+        return state
+
+    def cached(self, card_id: str) -> CardState:
+        """Return the cached state (possibly stale, possibly empty) without reading the stream."""
+        return self._states.get(card_id, EMPTY)
+
+    def applied(
+        self,
+        card_id: str,
+        state: CardState,
+        events: Sequence[SourceEvent],
+        positions: Sequence[Position],
+    ) -> CardState:
+        """Evolve the cached state with events we just appended at ``positions``."""
+        for event, position in zip(events, positions, strict=False):
+            state = evolve(state, event, position.sequence)
+        self._remember(card_id, state)
+        return state
+
+    def forget(self, card_id: str) -> None:
+        """Drop a card's cached state (the next decision reloads it)."""
+        self._states.pop(card_id, None)
+
+    def _remember(self, card_id: str, state: CardState) -> None:
+        self._states[card_id] = state
+        self._states.move_to_end(card_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)

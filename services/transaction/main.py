@@ -1,0 +1,86 @@
+"""Composition root of the transaction service (command intake): ``python -m services.transaction.main``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+
+from jetledger.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from services.intake import CommandHandler, IntakeMetrics
+from services.runtime import (
+    GrpcService,
+    Runtime,
+    setup_logging,
+    start_grpc,
+    wait_for_shutdown_signal,
+)
+from services.settings import Settings
+from services.transaction.cardlookup import CardLookup
+from services.transaction.servicer import TransactionServicer
+from services.transaction.sweeper import HoldSweeper
+from services.wiring import connect_store
+
+SERVICE_NAME = transaction_pb2.DESCRIPTOR.services_by_name["TransactionService"].full_name
+
+
+async def start(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    metrics: bool = True,
+    sweep_interval: float = 1.0,
+) -> Runtime:
+    """Build the intake's adapters and start serving; the caller owns shutdown."""
+    built = await connect_store(settings, "transaction", writer=True)
+    assert built.writer is not None
+    registry = CollectorRegistry()
+    handler = CommandHandler(
+        built.store,
+        built.writer,
+        settings.streams,
+        hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+        max_retries=settings.max_conflict_retries,
+        metrics=IntakeMetrics(registry),
+    )
+    cards = CardLookup(
+        settings.card_target, timeout=settings.card_lookup_timeout_seconds, registry=registry
+    )
+    sweeper = HoldSweeper(built.store, handler, settings.streams.subjects, interval=sweep_interval)
+    runtime = await start_grpc(
+        [
+            GrpcService(
+                SERVICE_NAME,
+                transaction_pb2_grpc.add_TransactionServiceServicer_to_server,
+                TransactionServicer(handler, cards),
+            )
+        ],
+        settings.host,
+        settings.transaction_port if port is None else port,
+        metrics_port=settings.transaction_metrics_port if metrics else None,
+        registry=registry,
+    )
+    sweeper.start()
+    runtime.on_close(built.close)
+    runtime.on_close(cards.close)
+    runtime.on_close(sweeper.stop)
+    return runtime
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    runtime = await start(settings)
+    await wait_for_shutdown_signal()
+    await runtime.stop()
+
+
+def main() -> None:
+    """Run the transaction service with settings from the environment."""
+    settings = Settings.from_env()
+    setup_logging("transaction", settings.log_format, settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

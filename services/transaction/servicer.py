@@ -1,0 +1,141 @@
+"""gRPC ``jetledger.transaction.v1.TransactionService``: money commands in, outcomes out.
+
+Unary calls answer a decline with FAILED_PRECONDITION (reason in the ``jetledger-reason``
+trailer); ``SubmitTransactions`` answers each command with its own outcome, declines included,
+and puts per-command errors (bad input, unknown card) in that command's result alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+import grpc
+
+from commands.messages import Command
+from commands.validation import validate
+from contracts.errors import Declined, InvalidArgument, LedgerError
+from contracts.ids import check_id
+from jetledger.transaction.v1 import transaction_pb2 as pb
+from jetledger.transaction.v1 import transaction_pb2_grpc
+from services.grpc_errors import status_for, translate_errors
+from services.intake import CommandHandler, CommandOutcome
+from services.transaction import mapping
+from services.transaction.cardlookup import CardLookup
+
+MAX_SUBMIT: Final = 1000
+
+R = TypeVar("R")
+
+
+class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
+    """Verifies the card (GetCard), decides, appends, and answers with the recorded outcome."""
+
+    def __init__(self, handler: CommandHandler, cards: CardLookup) -> None:
+        self._handler = handler
+        self._cards = cards
+
+    async def _decide(self, command: Command) -> CommandOutcome:
+        validate(command)  # bad input never reaches the card service or the stream
+        await self._cards.get(command.card_id)
+        return await self._handler.handle(command)
+
+    async def _unary(self, command: Command, reply: Callable[..., R]) -> R:
+        outcome = await self._decide(command)
+        if not outcome.accepted:
+            raise Declined(
+                outcome.reason,
+                f"{outcome.detail} (recorded at {outcome.stream}:{outcome.stream_sequence})".strip(),
+            )
+        return reply(outcome=mapping.outcome_message(outcome))
+
+    @translate_errors
+    async def CreateTransaction(
+        self, request: pb.CreateTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTransactionResponse:
+        return await self._unary(mapping.create(request), pb.CreateTransactionResponse)
+
+    @translate_errors
+    async def FundCard(
+        self, request: pb.FundCardRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FundCardResponse:
+        return await self._unary(mapping.fund(request), pb.FundCardResponse)
+
+    @translate_errors
+    async def AdjustBalance(
+        self, request: pb.AdjustBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdjustBalanceResponse:
+        return await self._unary(mapping.adjust(request), pb.AdjustBalanceResponse)
+
+    @translate_errors
+    async def AuthorizeTransaction(
+        self, request: pb.AuthorizeTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AuthorizeTransactionResponse:
+        return await self._unary(mapping.authorize(request), pb.AuthorizeTransactionResponse)
+
+    @translate_errors
+    async def CaptureTransaction(
+        self, request: pb.CaptureTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CaptureTransactionResponse:
+        return await self._unary(mapping.capture(request), pb.CaptureTransactionResponse)
+
+    @translate_errors
+    async def VoidTransaction(
+        self, request: pb.VoidTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VoidTransactionResponse:
+        return await self._unary(mapping.void(request), pb.VoidTransactionResponse)
+
+    @translate_errors
+    async def RefundTransaction(
+        self, request: pb.RefundTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefundTransactionResponse:
+        return await self._unary(mapping.refund(request), pb.RefundTransactionResponse)
+
+    @translate_errors
+    async def SubmitTransactions(
+        self, request: pb.SubmitTransactionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitTransactionsResponse:
+        if len(request.commands) > MAX_SUBMIT:
+            raise InvalidArgument(f"at most {MAX_SUBMIT} commands per SubmitTransactions call")
+        parsed: list[Command | LedgerError] = []
+        for item in request.commands:
+            try:
+                parsed.append(validate(mapping.from_submitted(item)))
+            except LedgerError as exc:
+                parsed.append(exc)
+        # Look each card up once, before anything is decided, so lookups cannot reorder commands.
+        card_ids = sorted({c.card_id for c in parsed if not isinstance(c, LedgerError)})
+        lookups = await asyncio.gather(
+            *(self._cards.get(c) for c in card_ids), return_exceptions=True
+        )
+        unknown = {
+            c: r for c, r in zip(card_ids, lookups, strict=True) if isinstance(r, LedgerError)
+        }
+        for result in lookups:
+            if isinstance(result, BaseException) and not isinstance(result, LedgerError):
+                raise result
+        # All at once: the group-commit writer coalesces them into shared atomic batches. Tasks
+        # take each card's lock in creation order, so one card's commands run in request order.
+        results = await asyncio.gather(*(self._submit_one(item, unknown) for item in parsed))
+        return pb.SubmitTransactionsResponse(results=results)
+
+    async def _submit_one(
+        self, item: Command | LedgerError, unknown: dict[str, LedgerError]
+    ) -> pb.SubmitResult:
+        try:
+            if isinstance(item, LedgerError):
+                raise item
+            if item.card_id in unknown:
+                raise unknown[item.card_id]
+            outcome = await self._handler.handle(item)
+        except LedgerError as exc:
+            return pb.SubmitResult(error_code=status_for(exc).value[0], error_message=str(exc))
+        return pb.SubmitResult(outcome=mapping.outcome_message(outcome))
+
+    @translate_errors
+    async def GetCommandOutcome(
+        self, request: pb.GetCommandOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCommandOutcomeResponse:
+        outcome = await self._handler.outcome_of(check_id(request.transaction_id, "transaction_id"))
+        return pb.GetCommandOutcomeResponse(outcome=mapping.outcome_message(outcome))

@@ -1,0 +1,93 @@
+"""The hold sweeper: appends ``transaction.expired`` for holds whose time has passed.
+
+Decisions never wait for it (an expired hold stops counting the moment it lapses, DESIGN §5);
+the sweeper exists so projections and notifications *see* the expiry. It reads the stream's
+``authorized`` events incrementally, and when a hold is due it submits ``ExpireAuthorization``
+under a deterministic command id, so several replicas sweeping at once record it exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from commands.decide import expired_holds
+from commands.messages import ExpireAuthorization, sweeper_command_id
+from contracts.codec import decode_event
+from contracts.errors import LedgerError
+from contracts.events import TransactionAuthorized
+from contracts.subjects import Subjects
+from eventstore import EventStore
+from services.intake import CommandHandler
+
+log = logging.getLogger("jetledger.sweeper")
+
+
+class HoldSweeper:
+    """Finds due holds and records their expiry."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        handler: CommandHandler,
+        subjects: Subjects,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._handler = handler
+        self._subjects = subjects
+        self._interval = interval
+        self._clock = clock
+        self._due: list[tuple[datetime, str, str]] = []  # (expires_at, card_id, authorization_id)
+        self._next_sequence = 1
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run in the background until ``stop``."""
+        self._task = asyncio.create_task(self._run(), name="hold-sweeper")
+
+    async def stop(self) -> None:
+        """Stop the background loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except LedgerError:
+                log.exception("hold sweep failed; retrying next tick")
+            await asyncio.sleep(self._interval)
+
+    async def sweep(self) -> int:
+        """Read new holds, expire the due ones; return how many expiries were recorded."""
+        filter_ = f"{self._subjects.prefix}card.*.{TransactionAuthorized.subject_suffix}"
+        async for message in self._store.replay(self._next_sequence, [filter_]):
+            event = decode_event(message.data)
+            assert isinstance(event, TransactionAuthorized)
+            heapq.heappush(self._due, (event.expires_at, event.card_id, event.command_id))
+            self._next_sequence = message.sequence + 1
+        now = self._clock()
+        recorded = 0
+        while self._due and self._due[0][0] <= now:
+            _, card_id, authorization_id = heapq.heappop(self._due)
+            state = await self._handler.cards.current(card_id)
+            if authorization_id not in expired_holds(state, now):
+                continue  # captured in full, voided, or already expired
+            outcome = await self._handler.handle(
+                ExpireAuthorization(
+                    command_id=sweeper_command_id(authorization_id),
+                    card_id=card_id,
+                    authorization_id=authorization_id,
+                )
+            )
+            recorded += int(outcome.accepted and not outcome.replayed)
+        return recorded

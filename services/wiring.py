@@ -1,0 +1,56 @@
+"""Adapters every service builds the same way from ``Settings`` (used by the composition roots)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import nats
+from nats.aio.client import Client as NATS
+
+from contracts.errors import InvalidArgument, Unavailable
+from eventstore import EventStore, GroupCommitWriter
+from services.settings import Settings
+
+
+@dataclass
+class Store:
+    """A NATS connection, the event store on it and (for writers) the group-commit writer."""
+
+    nc: NATS
+    store: EventStore
+    writer: GroupCommitWriter | None = None
+
+    async def close(self) -> None:
+        """Drain the writer, then the connection."""
+        if self.writer is not None:
+            await self.writer.close()
+        await self.nc.drain()
+
+
+async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
+    """Connect to NATS, provision the streams (idempotent), and build the store (and writer)."""
+    if not settings.nats_url:
+        raise InvalidArgument(
+            "JETLEDGER_NATS_URL is required (`jetledger dev` starts a local NATS)"
+        )
+    try:
+        nc = await nats.connect(
+            settings.nats_url,
+            name=f"jetledger-{name}",
+            max_reconnect_attempts=-1,
+            connect_timeout=5,
+        )
+    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    store = EventStore(nc, settings.streams)
+    await store.ensure_streams(
+        replicas=settings.stream_replicas,
+        duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+    )
+    built = Store(nc, store)
+    if writer:
+        built.writer = GroupCommitWriter(
+            store, max_batch=settings.writer_max_batch, max_inflight=settings.writer_max_inflight
+        )
+    return built

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from contracts.subjects import StreamNames, Subjects
+from eventstore import EventStore
 from services.localservers import Servers, local_or_external
 
 # embedded tools read XDG_RUNTIME_DIR; an unset one only warns, but warnings are errors here.
@@ -57,3 +60,21 @@ def streams() -> StreamNames:
         derived=f"T{token}_DERIVED",
         subjects=Subjects(f"t{token}."),
     )
+
+
+@pytest.fixture
+async def nats_conn(nats_url: str) -> AsyncIterator[NATS]:
+    """A NATS connection of this test's own, closed afterwards."""
+    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=5)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def store(nats_conn: NATS, streams: StreamNames) -> EventStore:
+    """An event store on this test's own (provisioned) streams."""
+    event_store = EventStore(nats_conn, streams)
+    await event_store.ensure_streams()
+    return event_store

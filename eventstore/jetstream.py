@@ -1,0 +1,359 @@
+"""``EventStore``: the JetStream adapter (provisioning, appends, reads, consumers).
+
+Writes go to the source stream by subject; every position names the stream that acked it. Reads of
+one aggregate use batched direct gets (ADR-31: one request, the server streams every matching
+message and an end-of-batch status), which need no consumer and cost one round trip. Replays and
+projections use consumers (``eventstore.consumers``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import StreamConfig
+from nats.nuid import NUID
+
+from contracts.subjects import StreamNames
+from eventstore import headers as h
+from eventstore.batching import (
+    batch_positions,
+    check_batch,
+    expectations,
+    message_headers,
+)
+from eventstore.consumers import DurableConsumer, create_durable, ordered_replay
+from eventstore.errors import (
+    ERR_STREAM_NAME_IN_USE,
+    StoreError,
+    StoreUnavailable,
+    from_api_error,
+    translate,
+)
+from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
+from eventstore.provisioning import (
+    DEFAULT_DUPLICATE_WINDOW,
+    derived_stream_config,
+    source_stream_config,
+)
+
+DEFAULT_TIMEOUT: Final = 5.0
+READ_BATCH: Final = 1000
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int | None = None
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    batch: str = ""
+    count: int = 0
+    error: _ApiError | None = None
+
+
+class _StreamState(msgspec.Struct):
+    last_seq: int = 0
+    subjects: dict[str, int] | None = None
+
+
+class _StreamInfo(msgspec.Struct):
+    state: _StreamState = msgspec.field(default_factory=_StreamState)
+    total: int = 0
+    offset: int = 0
+    limit: int = 0
+    error: _ApiError | None = None
+
+
+_ack_decoder: Final = msgspec.json.Decoder(_PubAck)
+_info_decoder: Final = msgspec.json.Decoder(_StreamInfo)
+_json: Final = msgspec.json.Encoder()
+
+
+def parse_time(value: str) -> datetime:
+    """Parse a server timestamp (RFC 3339, nanoseconds) into an aware UTC datetime."""
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except ValueError:
+        # older servers: "2022-08-06 00:29:27.587861324 +0000 UTC"
+        date, clock, *_ = value.split(" ")
+        whole, _, frac = clock.partition(".")
+        return datetime.fromisoformat(f"{date}T{whole}.{(frac + '000000')[:6]}+00:00")
+
+
+def stored_from_direct(msg: Msg) -> StoredMessage:
+    """Build a ``StoredMessage`` from a direct-get reply."""
+    headers = msg.headers or {}
+    try:
+        return StoredMessage(
+            stream=headers[h.STREAM],
+            sequence=int(headers[h.SEQUENCE]),
+            subject=headers[h.SUBJECT],
+            data=msg.data,
+            headers={k: v for k, v in headers.items() if k not in h.DIRECT_GET_METADATA},
+            time=parse_time(headers[h.TIME_STAMP]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise StoreError(f"malformed direct-get reply: {exc!r} in {headers!r}") from exc
+
+
+class EventStore:
+    """The JetStream event store of one deployment (or one test): its streams and subjects."""
+
+    def __init__(self, nc: NATS, names: StreamNames, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.nc = nc
+        self.names = names
+        self.timeout = timeout
+        self._js = nc.jetstream(timeout=timeout)
+        self._nuid = NUID()
+
+    # -- provisioning -----------------------------------------------------------------------------
+
+    async def ensure_streams(
+        self, replicas: int = 1, duplicate_window: timedelta = DEFAULT_DUPLICATE_WINDOW
+    ) -> None:
+        """Create or update the source and derived streams to the required configuration."""
+        for config in (
+            source_stream_config(self.names, replicas, duplicate_window),
+            derived_stream_config(self.names, replicas, duplicate_window),
+        ):
+            await self._ensure_stream(config)
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        try:
+            await self._js.add_stream(config)
+            return
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != ERR_STREAM_NAME_IN_USE:
+                raise translate(exc) from exc
+        except Exception as exc:
+            raise translate(exc) from exc
+        # Exists with another configuration (an older release, or a changed duplicate window):
+        # bring it up to date. The server refuses unsafe changes (e.g. lifting deny_delete).
+        try:
+            await self._js.update_stream(config)
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    async def append(self, msg: OutgoingMessage) -> Position:
+        """Append one message; a duplicate ``msg_id`` returns the original's position."""
+        try:
+            reply = await self.nc.request(
+                msg.subject, msg.data, timeout=self.timeout, headers=message_headers(msg)
+            )
+        except Exception as exc:
+            raise translate(exc, expectations([msg])) from exc
+        ack = self._decode_ack(reply, [msg])
+        return Position(ack.stream, ack.seq)
+
+    async def append_batch(self, msgs: Sequence[OutgoingMessage]) -> list[Position]:
+        """Append messages as one ADR-50 atomic batch: all are stored, or none."""
+        check_batch(msgs)
+        return await self.send_batch(msgs)
+
+    async def send_batch(self, msgs: Sequence[OutgoingMessage]) -> list[Position]:
+        """Send an already checked atomic batch (see ``append_batch``)."""
+        batch_id = self._nuid.next().decode()
+        last = len(msgs)
+        try:
+            for index, msg in enumerate(msgs, start=1):
+                headers = message_headers(msg)
+                headers[h.BATCH_ID] = batch_id
+                headers[h.BATCH_SEQUENCE] = str(index)
+                if index < last:
+                    # Only the commit is a request: the server stays silent on the others and
+                    # reports any problem with them in the commit's ack.
+                    await self.nc.publish(msg.subject, msg.data, headers=headers)
+                else:
+                    headers[h.BATCH_COMMIT] = h.BATCH_COMMIT_STORE
+                    reply = await self.nc.request(
+                        msg.subject, msg.data, timeout=self.timeout, headers=headers
+                    )
+        except Exception as exc:
+            raise translate(exc, expectations(msgs)) from exc
+        ack = self._decode_ack(reply, msgs)
+        return batch_positions(ack.stream, ack.seq, ack.count, last)
+
+    @staticmethod
+    def _decode_ack(reply: Msg, msgs: Sequence[OutgoingMessage]) -> _PubAck:
+        if reply.headers and reply.headers.get(h.STATUS) == "503":
+            raise StoreUnavailable("no JetStream stream answered (is the stream provisioned?)")
+        try:
+            ack = _ack_decoder.decode(reply.data)
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"not a JetStream ack: {reply.data[:200]!r}") from exc
+        if ack.error is not None:
+            err = ack.error
+            raise from_api_error(err.code, err.err_code, err.description, expectations(msgs))
+        if not ack.stream or ack.seq <= 0:
+            raise StoreError(f"JetStream ack without a position: {reply.data[:200]!r}")
+        return ack
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def load(
+        self, subject_filter: str, after_sequence: int = 0, *, stream: str | None = None
+    ) -> Loaded:
+        """Read one aggregate's messages after ``after_sequence``, in order, and its last sequence."""
+        stream = stream or self.names.source
+        messages: list[StoredMessage] = []
+        start = after_sequence + 1
+        while True:
+            page, pending = await self._direct_batch(stream, start, subject_filter, READ_BATCH)
+            messages.extend(page)
+            if not page or pending == 0:
+                break
+            start = page[-1].sequence + 1
+        if messages:
+            last = messages[-1].sequence
+        elif after_sequence == 0:
+            last = 0
+        else:
+            # Nothing after the caller's sequence: confirm what the family's last really is, so a
+            # CAS built on ``last_sequence`` is right even if the caller's number was not.
+            found = await self.last_by_subject(subject_filter, stream=stream)
+            last = 0 if found is None else found.sequence
+        return Loaded(stream, messages, last)
+
+    async def _direct_batch(
+        self, stream: str, start: int, subject_filter: str, batch: int
+    ) -> tuple[list[StoredMessage], int]:
+        """One batched direct get: up to ``batch`` messages from ``start``, and how many remain."""
+        inbox = self.nc.new_inbox()
+        request = _json.encode({"seq": start, "next_by_subj": subject_filter, "batch": batch})
+        out: list[StoredMessage] = []
+        deadline = time.monotonic() + self.timeout
+        try:
+            sub = await self.nc.subscribe(inbox, pending_msgs_limit=batch + 8)
+            try:
+                await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+                    status = msg.headers.get(h.STATUS) if msg.headers else None
+                    if status is None:
+                        if not out and msg.headers and h.NUM_PENDING not in msg.headers:
+                            raise StoreError("the server does not support batched direct get")
+                        out.append(stored_from_direct(msg))
+                    elif status == "204":
+                        headers = msg.headers or {}
+                        return out, int(headers.get(h.NUM_PENDING, "0"))
+                    elif status == "404":
+                        return out, 0
+                    elif status == "503":
+                        raise StoreUnavailable(f"no direct-get responder for stream {stream}")
+                    else:
+                        raise StoreError(f"direct get on {stream} failed with status {status}")
+            finally:
+                await sub.unsubscribe()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def last_by_subject(
+        self, subject: str, *, stream: str | None = None
+    ) -> StoredMessage | None:
+        """Return the last message stored under a subject (or filter), or None."""
+        stream = stream or self.names.source
+        try:
+            reply = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        status = reply.headers.get(h.STATUS) if reply.headers else None
+        if status is None:
+            return stored_from_direct(reply)
+        if status == "404":
+            return None
+        if status == "503":
+            raise StoreUnavailable(f"no direct-get responder for stream {stream}")
+        raise StoreError(f"direct get of {subject} on {stream} failed with status {status}")
+
+    async def last_sequence(self, stream: str | None = None) -> int:
+        """Return the last sequence of a stream (0 when empty)."""
+        info = await self._stream_info(stream or self.names.source, {})
+        return info.state.last_seq
+
+    async def subjects(self, subject_filter: str, *, stream: str | None = None) -> list[str]:
+        """Return every distinct subject stored under a filter (from the stream's subject index)."""
+        stream = stream or self.names.source
+        found: list[str] = []
+        offset = 0
+        while True:
+            info = await self._stream_info(
+                stream, {"subjects_filter": subject_filter, "offset": offset}
+            )
+            page = info.state.subjects or {}
+            found.extend(page)
+            offset += len(page)
+            if not page or offset >= info.total:
+                return found
+
+    async def _stream_info(self, stream: str, request: dict[str, object]) -> _StreamInfo:
+        try:
+            reply = await self.nc.request(
+                f"$JS.API.STREAM.INFO.{stream}", _json.encode(request), timeout=self.timeout
+            )
+            info = _info_decoder.decode(reply.data)
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"malformed stream info for {stream}") from exc
+        except Exception as exc:
+            raise translate(exc) from exc
+        if info.error is not None:
+            err = info.error
+            raise from_api_error(err.code, err.err_code, err.description)
+        return info
+
+    async def replay(
+        self,
+        from_sequence: int = 1,
+        subject_filters: Sequence[str] | None = None,
+        *,
+        follow: bool = False,
+        stream: str | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[StoredMessage]:
+        """Yield messages in stream order from a sequence, up to the last one now (or forever)."""
+        stream = stream or self.names.source
+        stop = None if follow else await self.last_sequence(stream)
+        async for message in ordered_replay(
+            self._js, stream, from_sequence, list(subject_filters or []), stop, batch
+        ):
+            yield message
+
+    async def durable_consumer(
+        self,
+        name: str,
+        filter_subjects: Sequence[str],
+        *,
+        ack_wait: timedelta = timedelta(seconds=30),
+        max_deliver: int = 5,
+        max_ack_pending: int = 10_000,
+        start_sequence: int = 1,
+        stream: str | None = None,
+    ) -> DurableConsumer:
+        """Create (or update) a durable pull consumer with explicit acks, and bind to it."""
+        return await create_durable(
+            self._js,
+            stream or self.names.source,
+            name,
+            list(filter_subjects),
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+            start_sequence=start_sequence,
+        )

@@ -1,0 +1,535 @@
+"""Hypothesis drives the pure core through random card histories and checks it against a model.
+
+The model is plain dicts and ints written here, sharing no logic with ``commands/``: it predicts
+every outcome (accepted, the exact decline reason, or the exception) and the balances. The harness
+plays the shell: it validates, answers retries from its own outcome record (command id +
+fingerprint, as the stream's markers do), decides, and evolves. Time moves forward in random steps,
+so holds lapse between and during operations.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import hypothesis
+import msgspec
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from commands import (
+    EMPTY,
+    AdjustBalance,
+    AuthorizeTransaction,
+    CaptureTransaction,
+    CardState,
+    CloseCard,
+    Command,
+    CreateTransaction,
+    Decision,
+    ExpireAuthorization,
+    FreezeCard,
+    FundCard,
+    IssueCard,
+    RefundTransaction,
+    UnfreezeCard,
+    UpdateCreditLimit,
+    VoidTransaction,
+    command_type,
+    decide,
+    evolve,
+    expired_holds,
+    fingerprint,
+    fold,
+    sweeper_command_id,
+    validate,
+)
+from contracts.errors import AlreadyExists, LedgerError
+from contracts.events import SourceEvent
+
+CARDS = ("c1", "c2", "c3")
+MERCHANTS = ("m1", "m2")
+CURRENCIES = ("USD", "EUR")
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+cards = st.sampled_from(("c1", "c2", "c1", "c2", "c3"))  # c3 is often not issued: NotFound
+merchants = st.sampled_from(MERCHANTS)
+currencies = st.sampled_from(CURRENCIES)
+amounts = st.integers(1, 600)
+# "" means: use the card's currency (the common case); otherwise a fixed one, often foreign.
+currency_choice = st.sampled_from(["", "", "USD", "EUR"])
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MHold:
+    amount: int
+    merchant: str
+    expires: datetime
+    captured: int = 0
+    state: str = "open"  # open | voided | expired | captured
+
+
+@dataclass
+class MCard:
+    kind: str
+    currency: str
+    limit: int
+    status: str = "active"
+    balance: int = 0
+    holds: dict[str, MHold] = field(default_factory=dict)
+    posted: dict[str, list[Any]] = field(default_factory=dict)  # id -> [amount, refunded, merchant]
+
+    def pending(self, now: datetime) -> int:
+        return sum(
+            h.amount - h.captured
+            for h in self.holds.values()
+            if h.state == "open" and now < h.expires
+        )
+
+    def available(self, now: datetime) -> int:
+        return self.balance + self.limit - self.pending(now)
+
+
+Expected = tuple[str, str]  # ("accepted", "") | ("declined", reason) | ("error", exception name)
+
+
+class Model:
+    """What the ledger should do, written as plainly as possible."""
+
+    def __init__(self) -> None:
+        self.cards: dict[str, MCard] = {}
+        self.accounts: Counter[tuple[str, str]] = Counter()  # (account, currency) -> balance
+        self.recorded: dict[str, tuple[Command, Expected]] = {}  # id -> (payload, outcome)
+
+    def expect(self, cmd: Command, now: datetime) -> Expected:
+        previous = self.recorded.get(cmd.command_id)
+        if previous is not None:
+            same = _payload(previous[0]) == _payload(cmd)
+            return previous[1] if same else ("error", "AlreadyExists")
+        if isinstance(cmd, IssueCard):
+            return ("error", "AlreadyExists") if cmd.card_id in self.cards else ("accepted", "")
+        card = self.cards.get(cmd.card_id)
+        if card is None:
+            return ("error", "NotFound")
+        reason = self._reason(card, cmd, now)
+        if reason.startswith("!"):
+            return ("error", reason[1:])
+        return ("declined", reason) if reason else ("accepted", "")
+
+    def _reason(self, card: MCard, cmd: Command, now: datetime) -> str:
+        """The decline reason ("" to accept, "!Name" for an exception), in the documented order."""
+        if isinstance(cmd, ExpireAuthorization):
+            h = card.holds.get(cmd.authorization_id)
+            if h is None:
+                return "authorization_not_found"
+            if h.state != "open":
+                return "authorization_not_open"
+            return "" if now >= h.expires else "!InvalidArgument"
+        if card.status == "closed":
+            return "card_closed"
+        currency = getattr(cmd, "currency", "")
+        if isinstance(cmd, CreateTransaction | AuthorizeTransaction):
+            if card.status == "frozen":
+                return "card_frozen"
+            if currency != card.currency:
+                return "currency_mismatch"
+            return "insufficient_funds" if cmd.amount > card.available(now) else ""
+        if currency and currency != card.currency:
+            return "currency_mismatch"
+        if isinstance(cmd, FundCard):
+            return ""
+        if isinstance(cmd, AdjustBalance):
+            return "insufficient_funds" if -cmd.amount > card.available(now) else ""
+        if isinstance(cmd, CaptureTransaction | VoidTransaction):
+            h = card.holds.get(cmd.authorization_id)
+            if h is None:
+                return "authorization_not_found"
+            lapsed = h.state == "expired" or (h.state == "open" and now >= h.expires)
+            if isinstance(cmd, VoidTransaction):
+                if lapsed:
+                    return "authorization_expired"
+                return "" if h.state == "open" else "authorization_not_open"
+            if h.state == "voided":
+                return "authorization_not_open"
+            if lapsed:
+                return "authorization_expired"
+            too_much = cmd.amount > h.amount - h.captured
+            return "capture_exceeds_authorization" if too_much else ""
+        if isinstance(cmd, RefundTransaction):
+            p = card.posted.get(cmd.original_transaction_id)
+            if p is None:
+                return "transaction_not_found"
+            return "refund_exceeds_captured" if cmd.amount > p[0] - p[1] else ""
+        if isinstance(cmd, FreezeCard):
+            return "card_already_frozen" if card.status == "frozen" else ""
+        if isinstance(cmd, UnfreezeCard):
+            return "" if card.status == "frozen" else "card_not_frozen"
+        if isinstance(cmd, UpdateCreditLimit):
+            if card.kind != "credit":
+                return "limit_not_applicable"
+            short = card.balance + cmd.credit_limit - card.pending(now) < 0
+            return "limit_below_utilisation" if short else ""
+        assert isinstance(cmd, CloseCard)
+        return "balance_not_zero" if card.balance or card.pending(now) else ""
+
+    def apply(self, cmd: Command, now: datetime) -> None:
+        """Change the model as an accepted ``cmd`` does."""
+        if isinstance(cmd, IssueCard):
+            self.cards[cmd.card_id] = MCard(cmd.card_type, cmd.currency, cmd.credit_limit)
+            return
+        card = self.cards[cmd.card_id]
+        me = f"card-{cmd.card_id}"
+        match cmd:
+            case FundCard():
+                self._move(card, me, "house-funding", cmd.amount)
+            case AdjustBalance():
+                self._move(card, me, "house-adjustments", cmd.amount)
+            case CreateTransaction():
+                self._move(card, me, f"merchant-{cmd.merchant_id}", -cmd.amount)
+                card.posted[cmd.command_id] = [cmd.amount, 0, cmd.merchant_id]
+            case AuthorizeTransaction():
+                assert cmd.expires_at is not None
+                card.holds[cmd.command_id] = MHold(cmd.amount, cmd.merchant_id, cmd.expires_at)
+            case CaptureTransaction():
+                h = card.holds[cmd.authorization_id]
+                self._move(card, me, f"merchant-{h.merchant}", -cmd.amount)
+                card.posted[cmd.command_id] = [cmd.amount, 0, h.merchant]
+                h.captured += cmd.amount
+                if h.captured == h.amount:
+                    h.state = "captured"
+            case VoidTransaction():
+                card.holds[cmd.authorization_id].state = "voided"
+            case ExpireAuthorization():
+                card.holds[cmd.authorization_id].state = "expired"
+            case RefundTransaction():
+                p = card.posted[cmd.original_transaction_id]
+                self._move(card, me, f"merchant-{p[2]}", cmd.amount)
+                p[1] += cmd.amount
+            case FreezeCard():
+                card.status = "frozen"
+            case UnfreezeCard():
+                card.status = "active"
+            case UpdateCreditLimit():
+                card.limit = cmd.credit_limit
+            case CloseCard():
+                card.status = "closed"
+
+    def _move(self, card: MCard, me: str, other: str, amount: int) -> None:
+        card.balance += amount
+        self.accounts[(me, card.currency)] += amount
+        self.accounts[(other, card.currency)] -= amount
+
+
+def _payload(cmd: Command) -> Command:
+    return msgspec.structs.replace(cmd, command_id="")
+
+
+# --- the machine ----------------------------------------------------------------------------------
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = START
+        self.model = Model()
+        self.states: dict[str, CardState] = {}
+        self.events: dict[str, list[SourceEvent]] = {card: [] for card in CARDS}
+        self.outcomes: dict[str, tuple[str, Decision]] = {}  # the shell's markers
+        self.sequence = 0
+        self.serial = 0
+        self.submitted: list[Command] = []
+        # the card each authorization or posting id was made on ("" for ids that never were)
+        self.auth_ids: dict[str, str] = {"unknown-auth": ""}
+        self.posting_ids: dict[str, str] = {"unknown-tx": ""}
+
+    # -- the harness: the shell around decide/evolve, with idempotency by id + fingerprint --
+
+    def submit(self, cmd: Command) -> Decision:
+        cmd = validate(cmd)
+        previous = self.outcomes.get(cmd.command_id)
+        if previous is not None:
+            if previous[0] != fingerprint(cmd):
+                raise AlreadyExists(cmd.command_id)
+            return previous[1]
+        state = self.states.get(cmd.card_id, EMPTY)
+        decision = decide(state, cmd, self.now)
+        for event in decision.events:
+            self.sequence += 1
+            state = evolve(state, event, self.sequence)
+            self.events[cmd.card_id].append(event)
+            for currency, total in _leg_sums(event).items():
+                assert total == 0, (currency, event)
+        self.states[cmd.card_id] = state
+        self.outcomes[cmd.command_id] = (fingerprint(cmd), decision)
+        return decision
+
+    def check(self, cmd: Command) -> bool:
+        """Submit ``cmd`` and compare with the model's prediction, then let the model follow."""
+        expected = self.model.expect(cmd, self.now)
+        replay = cmd.command_id in self.model.recorded
+        count = sum(len(events) for events in self.events.values())
+        try:
+            decision = self.submit(cmd)
+            actual: Expected = (decision.outcome, decision.reason)
+        except LedgerError as exc:
+            actual = ("error", type(exc).__name__)
+        assert actual == expected, (cmd, self.now)
+        hypothesis.event(
+            f"{command_type(cmd)}: {'replayed ' if replay else ''}{actual[0]} {actual[1]}"
+        )
+        self.submitted.append(cmd)
+        if replay or actual[0] == "error":
+            assert sum(len(events) for events in self.events.values()) == count  # nothing appended
+            return False
+        self.model.recorded[cmd.command_id] = (cmd, expected)
+        if actual[0] == "accepted":
+            self.model.apply(cmd, self.now)
+        return actual[0] == "accepted"
+
+    def next_id(self) -> str:
+        self.serial += 1
+        return f"tx-{self.serial}"
+
+    def pick(self, data: st.DataObject, ids: dict[str, str]) -> tuple[str, str]:
+        """Draw an id and, usually, the card it belongs to (else any card: not found there)."""
+        target = data.draw(st.sampled_from(list(reversed(ids))))  # newest first, unknown last
+        owner = ids[target] or CARDS[0]
+        return target, data.draw(st.sampled_from([owner, owner, owner, *CARDS]))
+
+    def near(self, data: st.DataObject, left: int) -> int:
+        """Draw an amount around ``left`` (what a hold or posting still allows): part, all or more."""
+        mode = data.draw(st.sampled_from(["part", "all", "more"]))
+        if mode == "part":
+            return data.draw(st.integers(1, max(1, left)))
+        return max(1, left) if mode == "all" else left + data.draw(st.integers(1, 50))
+
+    def currency(self, card: str, choice: str) -> str:
+        known = self.model.cards.get(card)
+        return choice or (known.currency if known else "USD")
+
+    # -- rules --
+
+    @initialize(kinds=st.lists(st.sampled_from(["debit", "credit", "prepaid"]), min_size=2,
+                               max_size=2),
+                currency=currencies, limit=st.integers(0, 2000), funds=st.integers(0, 1500))  # fmt: skip
+    def open_cards(self, kinds: list[str], currency: str, limit: int, funds: int) -> None:
+        # Two cards exist from the start (c3 only if a rule issues it), so most steps reach the
+        # rules rather than NotFound.
+        for card, kind in zip(CARDS, kinds, strict=False):
+            self.issue(card, kind, currency, limit)
+            if funds:
+                self.fund(card, funds, "")
+
+    # Steps equal to hold lifetimes, so holds are often seen exactly at their expiry (inclusive).
+    @rule(seconds=st.sampled_from([0, 1, 60, 600, 3600]) | st.integers(0, 3600))
+    def advance(self, seconds: int) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    @rule(card=cards, kind=st.sampled_from(["debit", "credit", "prepaid"]), currency=currencies,
+          limit=st.integers(0, 2000))  # fmt: skip
+    def issue(self, card: str, kind: str, currency: str, limit: int) -> None:
+        self.check(
+            IssueCard(
+                command_id=self.next_id(),
+                card_id=card,
+                cardholder_name="Holder",
+                card_type=kind,  # type: ignore[arg-type]
+                currency=currency,
+                credit_limit=limit if kind == "credit" else 0,
+                last4="1234",
+            )
+        )
+
+    @rule(card=cards, amount=st.integers(1, 1000), choice=currency_choice)
+    def fund(self, card: str, amount: int, choice: str) -> None:
+        currency = self.currency(card, choice)
+        self.check(
+            FundCard(command_id=self.next_id(), card_id=card, amount=amount, currency=currency)
+        )
+
+    @rule(card=cards, merchant=merchants, amount=amounts, choice=currency_choice)
+    def purchase(self, card: str, merchant: str, amount: int, choice: str) -> None:
+        command_id = self.next_id()
+        command = CreateTransaction(
+            command_id=command_id,
+            card_id=card,
+            merchant_id=merchant,
+            amount=amount,
+            currency=self.currency(card, choice),
+        )
+        if self.check(command):
+            self.posting_ids[command_id] = card
+
+    @rule(card=cards, merchant=merchants, amount=amounts, ttl=st.sampled_from([1, 60, 600, 3600]) | st.integers(1, 7200),
+          choice=currency_choice)  # fmt: skip
+    def authorize(self, card: str, merchant: str, amount: int, ttl: int, choice: str) -> None:
+        command_id = self.next_id()
+        command = AuthorizeTransaction(
+            command_id=command_id,
+            card_id=card,
+            merchant_id=merchant,
+            amount=amount,
+            currency=self.currency(card, choice),
+            expires_at=self.now + timedelta(seconds=ttl),
+        )
+        if self.check(command):
+            self.auth_ids[command_id] = card
+
+    @precondition(lambda self: len(self.auth_ids) > 1)  # a hold exists (unknown ids still drawn)
+    @rule(data=st.data(), currency=st.sampled_from(["", "", "", "USD", "EUR"]))
+    def capture(self, data: st.DataObject, currency: str) -> None:
+        command_id = self.next_id()
+        auth, card = self.pick(data, self.auth_ids)
+        held = self.model.cards[card].holds.get(auth) if card in self.model.cards else None
+        amount = self.near(data, held.amount - held.captured if held else 0)
+        command = CaptureTransaction(
+            command_id=command_id,
+            card_id=card,
+            authorization_id=auth,
+            amount=amount,
+            currency=currency,
+        )
+        if self.check(command):
+            self.posting_ids[command_id] = card
+
+    @precondition(lambda self: len(self.auth_ids) > 1)
+    @rule(data=st.data())
+    def void(self, data: st.DataObject) -> None:
+        auth, card = self.pick(data, self.auth_ids)
+        self.check(VoidTransaction(command_id=self.next_id(), card_id=card, authorization_id=auth))
+
+    @precondition(lambda self: len(self.auth_ids) > 1)
+    @rule(data=st.data())
+    def expire(self, data: st.DataObject) -> None:
+        auth, card = self.pick(data, self.auth_ids)
+        command_id = sweeper_command_id(auth)
+        self.check(ExpireAuthorization(command_id=command_id, card_id=card, authorization_id=auth))
+
+    @rule()
+    def sweep(self) -> None:
+        for card, state in self.states.items():
+            mcard = self.model.cards[card]
+            lapsed = sorted(
+                (h.expires, key)
+                for key, h in mcard.holds.items()
+                if h.state == "open" and self.now >= h.expires
+            )
+            due = expired_holds(state, self.now)
+            assert due == [key for _, key in lapsed]
+            for auth in due:
+                command_id = sweeper_command_id(auth)
+                self.check(
+                    ExpireAuthorization(command_id=command_id, card_id=card, authorization_id=auth)
+                )
+
+    @precondition(lambda self: len(self.posting_ids) > 1)
+    @rule(data=st.data(), choice=st.sampled_from(["", "", "", "EUR"]))
+    def refund(self, data: st.DataObject, choice: str) -> None:
+        original, card = self.pick(data, {**self.auth_ids, **self.posting_ids})
+        posted = self.model.cards[card].posted.get(original) if card in self.model.cards else None
+        amount = self.near(data, posted[0] - posted[1] if posted else 0)
+        self.check(
+            RefundTransaction(
+                command_id=self.next_id(),
+                card_id=card,
+                original_transaction_id=original,
+                amount=amount,
+                currency=choice,
+            )
+        )
+
+    @rule(card=cards, amount=st.integers(1, 600), sign=st.sampled_from([-1, 1]))
+    def adjust(self, card: str, amount: int, sign: int) -> None:
+        amount *= sign
+        currency = self.currency(card, "")
+        self.check(
+            AdjustBalance(
+                command_id=self.next_id(),
+                card_id=card,
+                amount=amount,
+                currency=currency,
+                reason="correction",
+                actor="ops",
+            )
+        )
+
+    @rule(card=cards)
+    def freeze(self, card: str) -> None:
+        self.check(FreezeCard(command_id=self.next_id(), card_id=card, reason="suspicious"))
+
+    @rule(card=cards)
+    def unfreeze(self, card: str) -> None:
+        self.check(UnfreezeCard(command_id=self.next_id(), card_id=card))
+
+    @rule(card=cards, limit=st.integers(0, 3000))
+    def change_limit(self, card: str, limit: int) -> None:
+        self.check(UpdateCreditLimit(command_id=self.next_id(), card_id=card, credit_limit=limit))
+
+    @rule(card=cards)
+    def close(self, card: str) -> None:
+        self.check(CloseCard(command_id=self.next_id(), card_id=card))
+
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        if self.submitted:
+            self.check(data.draw(st.sampled_from(self.submitted)))
+
+    @rule(data=st.data(), card=cards)
+    def retry_with_another_payload(self, data: st.DataObject, card: str) -> None:
+        recorded = [cmd for cmd in self.submitted if cmd.command_id in self.model.recorded]
+        if recorded:
+            cmd = data.draw(st.sampled_from(recorded))
+            if cmd.card_id != card:
+                self.check(msgspec.structs.replace(cmd, card_id=card))
+
+    # -- invariants --
+
+    @invariant()
+    def every_currency_sums_to_zero_over_all_accounts(self) -> None:
+        balances: Counter[tuple[str, str]] = Counter()
+        for events in self.events.values():
+            for event in events:
+                for leg in getattr(event, "legs", ()):
+                    balances[(leg.account_id, leg.currency)] += leg.amount
+        for currency in CURRENCIES:
+            assert sum(v for (_, cur), v in balances.items() if cur == currency) == 0
+        # every account's balance, cards, merchants and house accounts alike
+        assert _nonzero(balances) == _nonzero(self.model.accounts)
+
+    @invariant()
+    def cards_match_the_model_and_never_overdraw(self) -> None:
+        for card, state in self.states.items():
+            mcard = self.model.cards[card]
+            assert state.available(self.now) >= 0
+            assert state.available(self.now) == mcard.available(self.now)
+            assert (state.posted, state.status, state.credit_limit) == (
+                mcard.balance,
+                mcard.status,
+                mcard.limit,
+            )
+
+    @invariant()
+    def folding_the_stream_gives_the_live_state(self) -> None:
+        for card, state in self.states.items():
+            assert fold(self.events[card]) == msgspec.structs.replace(state, version=0)
+
+
+def _nonzero(counter: Counter[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    return {key: value for key, value in counter.items() if value}
+
+
+def _leg_sums(event: SourceEvent) -> Counter[str]:
+    sums: Counter[str] = Counter()
+    for leg in getattr(event, "legs", ()):
+        sums[leg.currency] += leg.amount
+    return sums
+
+
+LedgerMachine.TestCase.settings = settings(max_examples=250, stateful_step_count=60, deadline=None)
+TestLedgerMachine = LedgerMachine.TestCase

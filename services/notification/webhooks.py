@@ -179,6 +179,7 @@ class WebhookDispatcher:
             delay = backoff(item.attempts, self.config.backoff_base, self.config.backoff_max)
             async with self.pool.connection() as conn:
                 await conn.execute(self._retry_sql, (status, error, delay, item.delivery_id))
+            self.waker.poke()  # the run loop recomputes its sleep from the new next_attempt_at
             self.metrics.deliveries.labels("failed").inc()
             self.metrics.retries.inc()
             log.warning("webhook failed", extra={**fields, "error": error, "retry_in": delay})

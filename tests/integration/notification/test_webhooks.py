@@ -76,7 +76,7 @@ async def _deliveries(
                 "SELECT notification_id, endpoint_id, status, attempts, last_http_status"
                 " FROM notify_ops.deliveries ORDER BY delivery_id"
             )
-            rows = await cur.fetchall()
+            rows: list[tuple[Any, ...]] = await cur.fetchall()
         if sum(1 for r in rows if r[2] == until) >= count or time.monotonic() > deadline:
             return rows
         await asyncio.sleep(0.05)

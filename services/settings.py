@@ -57,6 +57,7 @@ class Settings:
     # transaction), and webhook delivery (backoff is configurable so tests run fast).
     notification_schema: str = "notify"
     notification_batch: int = 256
+    notification_ack_wait_seconds: float = 30.0  # an unacked batch is redelivered after this
     webhook_max_attempts: int = 8  # then the delivery is dead-lettered
     webhook_backoff_base_seconds: float = 1.0  # doubles per attempt, with jitter
     webhook_backoff_max_seconds: float = 300.0

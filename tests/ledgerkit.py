@@ -336,3 +336,28 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
     finally:
         async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as conn:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+async def append_with_markers(
+    js: JetStreamContext, streams: StreamNames, appended: list[tuple[SourceEvent | None, str]]
+) -> list[int]:
+    """Append events and outcome-marker stand-ins (``command.<id>``) in order; return sequences."""
+    import asyncio
+
+    out: list[int] = []
+    for start in range(0, len(appended), 500):
+        chunk = appended[start : start + 500]
+        acks = await asyncio.gather(
+            *(
+                js.publish(
+                    streams.subjects.card_event(e.card_id, e)
+                    if e is not None
+                    else streams.subjects.command_marker(marker),
+                    encode(e) if e is not None else b"{}",
+                    stream=streams.source,
+                )
+                for e, marker in chunk
+            )
+        )
+        out.extend(a.seq for a in acks)
+    return out

@@ -142,13 +142,14 @@ def compare(snap: TableSnapshot, fold: StreamFold) -> list[Difference]:
 
 
 async def verify(
-    conn: psycopg.AsyncConnection[Any],
+    conninfo: str,
     js: JetStreamContext,
     streams: StreamNames,
     schema: str = LIVE_SCHEMA,
 ) -> VerifyReport:
     """Compare a projection schema with an independent fold of the stream up to its position."""
-    snap = await snapshot(conn, schema, streams.source)
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        snap = await snapshot(conn, schema, streams.source)
     fold = await fold_stream(js, streams, snap.position)
     table_totals: dict[str, int] = {}
     for (_, currency), acct in snap.accounts.items():

@@ -146,8 +146,7 @@ def verify_ledger(args: argparse.Namespace, settings: Settings) -> int:
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:
     nc = await _connect(settings)
     try:
-        async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-            report = await verify(conn, nc.jetstream(), settings.streams, args.schema)
+        report = await verify(settings.database_url, nc.jetstream(), settings.streams, args.schema)
     finally:
         await nc.close()
     render(report, Console())

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -63,7 +64,7 @@ class LedgerProcess:
     def health(self) -> int | None:
         """Return the overall health status, or None when the server does not answer."""
         with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub: Any = health_pb2_grpc.HealthStub(channel)
             try:
                 return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status)
             except grpc.RpcError:

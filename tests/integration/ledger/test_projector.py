@@ -27,7 +27,7 @@ async def test_projects_history_and_matches_independent_fold(
         await wait_for_position(ledger_db, streams.source, last)
         await wait_outbox_empty(ledger_db)
     async with await psycopg.AsyncConnection.connect(ledger_db) as conn:
-        report = await verify(conn, js, streams)
+        report = await verify(ledger_db, js, streams)
         assert report.ok, report.differences
         cur = await conn.execute("SELECT count(*), sum(amount) FROM ledger.entries")
         count, total = await cur.fetchone()  # type: ignore[misc]

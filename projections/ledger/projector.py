@@ -158,7 +158,7 @@ class Projector:
         started = time.perf_counter()
         good: list[tuple[Received, SourceEvent]] = []
         poison: PoisonEvent | None = None
-        for item in batch:
+        for item in _in_order(batch):
             try:
                 good.append((item, decode_event(item.data)))
             except UndecodableEvent as exc:
@@ -175,12 +175,12 @@ class Projector:
             good = prefix
         if good:
             self._fault.reached("after_commit")
-            await ack_batch([i for i, _ in good])
+            await ack_batch(max((i for i, _ in good), key=lambda i: i.sequence))
             self._fault.reached("after_ack")
             self._relay_wake.set()
             last = good[-1][0]
             self.metrics.events_projected.inc(applied)
-            self.metrics.redelivered_skipped.inc(len(good) - applied)
+            self.metrics.redelivered_skipped.inc(len(batch) - applied)
             self.metrics.lag_events.set(last.num_pending)
             self.metrics.lag_seconds.set(max(0.0, time.time() - last.time.timestamp()))
         self.metrics.batch_duration.observe(time.perf_counter() - started)
@@ -233,3 +233,16 @@ class Projector:
         )
         if self.on_poison is not None:
             self.on_poison(poison)
+
+
+def _in_order(batch: list[Received]) -> list[Received]:
+    """Drop redeliveries inside one fetch (after an ack-wait expiry a pull can return a message
+    twice, or an older one after newer ones): keep each sequence once, in increasing order.
+    First deliveries always arrive in stream order, so this never skips an unseen message."""
+    out: list[Received] = []
+    highest = 0
+    for item in batch:
+        if item.sequence > highest:
+            out.append(item)
+            highest = item.sequence
+    return out

@@ -108,11 +108,10 @@ class DurableConsumer:
             self._sub = None
 
 
-async def ack_batch(batch: list[Received]) -> None:
-    """Acknowledge a committed batch: with AckAll, acking the last message acks all before it."""
-    last = batch[-1].msg
-    if last is not None:
-        await last.ack()
+async def ack_batch(highest: Received) -> None:
+    """Acknowledge a committed batch: with AckAll, acking its highest message acks all below."""
+    if highest.msg is not None:
+        await highest.msg.ack()
 
 
 async def next_matching_sequence(

@@ -80,6 +80,7 @@ async def serve(settings: Settings) -> None:
             streams=settings.streams,
             schema=schema,
             batch=settings.notification_batch,
+            ack_wait=settings.notification_ack_wait_seconds,
             fault=settings.notification_fault,
         ),
         metrics,

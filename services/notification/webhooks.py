@@ -48,8 +48,8 @@ class WebhookConfig:
 
     @property
     def lease(self) -> float:
-        """How long a claimed delivery is hidden from other claims (a POST's worst case, plus)."""
-        return self.timeout + 5.0
+        """How long a claimed delivery is hidden from other claims (a POST's worst case, twice)."""
+        return 2 * self.timeout + 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,13 @@ class LedgerProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LedgerProcess:
-        """Start the process and wait until its gRPC health answers."""
+    def start(self, wait: bool = True) -> LedgerProcess:
+        """Start the process and (by default) wait until its health reports SERVING."""
         self.port = self.port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         env = {
             **os.environ,
             "JETLEDGER_NATS_URL": self.nats_url,
@@ -43,7 +45,7 @@ class LedgerProcess:
             "JETLEDGER_DERIVED_STREAM": self.streams.derived,
             "JETLEDGER_SUBJECT_PREFIX": self.streams.subjects.prefix,
             "JETLEDGER_LEDGER_PORT": str(self.port),
-            "JETLEDGER_LEDGER_METRICS_PORT": str(free_port()),
+            "JETLEDGER_LEDGER_METRICS_PORT": str(self.metrics_port),
             "JETLEDGER_LOG_LEVEL": "INFO",
             **self.env,
         }
@@ -54,7 +56,8 @@ class LedgerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_health(serving=True)
+        if wait:
+            self.wait_health(serving=True)
         return self
 
     @property
@@ -105,6 +108,17 @@ class LedgerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+    def metric(self, name: str) -> float | None:
+        """Return the value of an unlabelled metric from the process's /metrics endpoint."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return None
 
     def log(self) -> str:
         """The process's output so far (last 60 lines)."""

@@ -1,0 +1,7 @@
+"""The ledger's e2e tests share the integration fixtures (fresh database, source stream)."""
+
+from __future__ import annotations
+
+from tests.integration.ledger.conftest import js, ledger_db, nc
+
+__all__ = ["js", "ledger_db", "nc"]

@@ -94,7 +94,9 @@ class NotificationProjector:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SWAP_LOCK_KEY,))
             last = await self._tracked(conn, stream)
-            fresh = [m for m in messages if m.sequence > last]
+            # A redelivery can repeat a message inside one fetch, too: one copy per sequence.
+            unique = {m.sequence: m for m in messages if m.sequence > last}
+            fresh = [unique[seq] for seq in sorted(unique)]
             result.duplicates = len(messages) - len(fresh)
             result.last_sequence = max([last, *(m.sequence for m in fresh)])
             if not fresh:

@@ -92,12 +92,21 @@ class DurableConsumer:
         *,
         ack_wait: float = 30.0,
         max_deliver: int = -1,
+        start_after: int = 0,
     ) -> DurableConsumer:
-        """Create or update the durable consumer and bind to it."""
+        """(Re-)create the durable consumer so it delivers from ``start_after + 1``; bind to it.
+
+        The caller passes its tracking row's position: re-anchoring on every takeover drops what a
+        crashed predecessor left unacked, so an old batch can never come back *after* newer ones
+        were applied (which the tracking row would then wrongly skip as a duplicate).
+        """
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream, durable)
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_after + 1,
             ack_wait=ack_wait,
             max_deliver=max_deliver,
             filter_subjects=list(filter_subjects),

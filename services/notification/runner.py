@@ -1,7 +1,9 @@
 """Drive the notification projector: durable consumers in, one transaction per batch, ack after.
 
 One active writer (DESIGN §3.8): the runner holds a session-level advisory lock on the connection it
-applies batches with; replicas wait for it. Both streams (source events and derived ledger entries)
+applies batches with; replicas wait for it. On taking the lead it re-anchors each durable consumer
+just after the tracking row's position, so Postgres, not the consumer's ack state, says where to
+resume. Both streams (source events and derived ledger entries)
 are fetched concurrently but applied one batch at a time on that one connection, and a batch is
 acked only after its transaction committed: a crash in between redelivers it, and the tracking row
 makes the redelivery a no-op (DESIGN §3.7). A message that cannot be decoded stops the projector
@@ -24,6 +26,7 @@ from contracts.codec import UndecodableEvent
 from contracts.subjects import StreamNames
 from projections.notifications.core import Notification
 from projections.notifications.postgres import NotificationProjector
+from projections.notifications.queries import tracked
 from services.notification import faults
 from services.notification.jetstream import DurableConsumer
 from services.notification.metrics import NotificationMetrics
@@ -95,7 +98,7 @@ class ProjectorRunner:
                     break
                 await asyncio.sleep(1.0)  # a standby: another instance is the writer
             log.info("projector leading", extra={"schema": self.config.schema})
-            consumers = await self._consumers()
+            consumers = await self._consumers(await tracked(conn, self.config.schema))
             self.leading.set()
             try:
                 async with asyncio.TaskGroup() as group:
@@ -107,7 +110,7 @@ class ProjectorRunner:
                 for consumer in consumers:
                     await consumer.close()
 
-    async def _consumers(self) -> list[DurableConsumer]:
+    async def _consumers(self, positions: dict[str, int]) -> list[DurableConsumer]:
         streams, subjects = self.config.streams, self.config.streams.subjects
         durable = f"notifications_{self.config.schema}"
         wanted = [
@@ -116,7 +119,12 @@ class ProjectorRunner:
         ]
         return [
             await DurableConsumer.create(
-                self.js, stream, durable, filters, ack_wait=self.config.ack_wait
+                self.js,
+                stream,
+                durable,
+                filters,
+                ack_wait=self.config.ack_wait,
+                start_after=positions.get(stream, 0),
             )
             for stream, filters in wanted
         ]

@@ -63,6 +63,8 @@ def _apply(state: CardState, event: SourceEvent) -> CardState:
                 card_type=event.card_type,
                 currency=event.currency,
                 credit_limit=event.credit_limit,
+                cardholder_name=event.cardholder_name,
+                last4=event.last4,
                 version=state.version,
                 last_at=state.last_at,
             )

@@ -76,6 +76,8 @@ class CardState(msgspec.Struct, frozen=True, kw_only=True):
     card_type: CardType = "debit"
     currency: str = ""
     credit_limit: int = 0  # 0 for debit and prepaid cards
+    cardholder_name: str = ""  # for GetCard answers; decisions never read it
+    last4: str = ""  # the only digits of the PAN that exist anywhere
     posted: int = 0
     holds: Mapping[str, Hold] = {}  # open authorizations by authorization id
     closed_holds: Mapping[str, ClosedHold] = {}

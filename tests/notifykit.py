@@ -21,7 +21,7 @@ from typing import Any
 import nats
 import psycopg
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from contracts.accounts import FUNDING, card_account, merchant_account
@@ -36,26 +36,13 @@ from contracts.events import (
     TransactionDeclined,
 )
 from contracts.subjects import StreamNames
+from eventstore import derived_stream_config, source_stream_config
 
 
 async def create_streams(js: JetStreamContext, streams: StreamNames) -> None:
-    """Create the test's source and derived streams (as the event store provisions them)."""
-    for name, subjects in [
-        (streams.source, streams.subjects.source_stream_subjects()),
-        (streams.derived, streams.subjects.derived_stream_subjects()),
-    ]:
-        await js.add_stream(
-            api.StreamConfig(
-                name=name,
-                subjects=subjects,
-                storage=api.StorageType.FILE,
-                discard=api.DiscardPolicy.NEW,
-                deny_delete=True,
-                deny_purge=True,
-                allow_direct=True,
-                allow_atomic=True,
-            )
-        )
+    """Create the test's source and derived streams exactly as the event store provisions them."""
+    for config in (source_stream_config(streams), derived_stream_config(streams)):
+        await js.add_stream(config)
 
 
 @contextlib.asynccontextmanager

@@ -1,36 +1,27 @@
 """The notification service's JetStream adapter, on nats-py: durable consumer, replay, atomic append.
 
-Built here because the shared ``eventstore`` package had not landed when this service was written;
-the shapes (``StoredMessage``, ``Delivery``, ``fetch(batch, timeout)``) follow its planned API so
-the two can be swapped. Two things it does on purpose:
+Writes and provisioning go through the shared ``eventstore``; this module keeps the reading side
+the projector needs, which ``eventstore.DurableConsumer`` does not give (same shapes otherwise):
 
 - ``DurableConsumer.fetch`` asks for *one* message with a long wait and then drains what else is
   available with a very short one: nats-py's ``fetch(n)`` otherwise waits out its whole timeout for
   the n-th message when fewer are pending, which would add the timeout to every notification's
   latency at low load.
-- ``append_with_marker`` appends a preference event and its command outcome marker as one atomic
-  batch (ADR-50; DESIGN §4), the marker expecting an empty subject, so a command id is used once.
+- ``DurableConsumer.create`` re-anchors the consumer just after the caller's tracking position.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Final
 
-import msgspec
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-
-from contracts.codec import decode_marker, encode
-from contracts.errors import AlreadyExists, Conflict, Unavailable
-from contracts.events import CommandRecorded
 
 WRONG_LAST_SEQUENCE: Final = 10071  # a failed expected-last-subject-sequence check
 DRAIN_TIMEOUT: Final = 0.002  # seconds to wait for more messages once one has arrived
@@ -169,58 +160,3 @@ async def replay(
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-
-async def append_with_marker(
-    nc: NATS,
-    js: JetStreamContext,
-    stream: str,
-    event_subject: str,
-    event: msgspec.Struct,
-    marker_subject: str,
-    marker: CommandRecorded,
-    *,
-    ack_wait: float = 5.0,
-) -> tuple[int, bool]:
-    """Append ``event`` and its outcome marker atomically; return (marker sequence, replayed).
-
-    The marker must be the first message on its subject, so a retry of the same command finds it:
-    an identical command (same fingerprint) replays the original outcome, a different one is
-    ``AlreadyExists``.
-    """
-    batch_id = uuid.uuid4().hex
-    await nc.publish(
-        event_subject,
-        encode(event),
-        headers={Header.BATCH_ID: batch_id, Header.BATCH_SEQUENCE: "1"},
-    )
-    try:
-        reply = await nc.request(
-            marker_subject,
-            encode(marker),
-            timeout=ack_wait,
-            headers={
-                Header.BATCH_ID: batch_id,
-                Header.BATCH_SEQUENCE: "2",
-                Header.BATCH_COMMIT: "1",
-                Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
-            },
-        )
-    except TimeoutError as exc:
-        raise Unavailable("JetStream did not acknowledge the command in time") from exc
-    ack: dict[str, Any] = msgspec.json.decode(reply.data)
-    error = ack.get("error")
-    if error is None:
-        return int(ack["seq"]), False
-    if error.get("err_code") != WRONG_LAST_SEQUENCE:
-        raise Unavailable(f"JetStream refused the command: {error.get('description', error)}")
-    try:
-        found = await js.get_last_msg(stream, marker_subject)
-    except NotFoundError as exc:
-        raise Conflict("the command's atomic batch was refused; retry") from exc
-    assert found.data is not None
-    assert found.seq is not None
-    original = decode_marker(found.data)
-    if original.fingerprint != marker.fingerprint:
-        raise AlreadyExists(f"command id {marker.command_id} was used for a different command")
-    return int(found.seq), True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import nats
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
+from eventstore import EventStore
 from projections.notifications.schema import create_schemas, wake_channel
 from services.notification.grpc_api import SERVICE_NAME, NotificationServicer, add_to_server
 from services.notification.metrics import NotificationMetrics
@@ -50,6 +52,11 @@ async def serve(settings: Settings) -> None:
         settings.nats_url, name="jetledger-notification", max_reconnect_attempts=-1
     )
     js = nc.jetstream()
+    store = EventStore(nc, settings.streams)
+    # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
+    await store.ensure_streams(
+        settings.stream_replicas, timedelta(seconds=settings.duplicate_window_seconds)
+    )
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url,
         min_size=2,
@@ -62,7 +69,7 @@ async def serve(settings: Settings) -> None:
         await create_schemas(conn, schema)
     metrics, waker = NotificationMetrics(), Waker()
     servicer = NotificationServicer(
-        pool, schema, settings.stream, PreferenceCommands(nc, js, settings.streams), waker, metrics
+        pool, schema, settings.stream, PreferenceCommands(store), waker, metrics
     )
     runtime = await start_grpc(
         [GrpcService(SERVICE_NAME, add_to_server, servicer)],

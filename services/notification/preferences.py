@@ -17,11 +17,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
-from contracts.codec import event_type
-from contracts.errors import InvalidArgument
+from contracts.codec import decode_marker, encode, event_type
+from contracts.errors import AlreadyExists, Conflict, InvalidArgument
 from contracts.events import (
     CommandRecorded,
     NotificationKind,
@@ -32,9 +30,8 @@ from contracts.events import (
 )
 from contracts.ids import check_id
 from contracts.money import MAX_AMOUNT
-from contracts.subjects import StreamNames
+from eventstore import EventStore, Expectation, OutgoingMessage, WrongLastSequence
 from projections.notifications.core import ALL_KINDS
-from services.notification.jetstream import append_with_marker
 
 MIN_SECRET_LENGTH: Final = 16
 _canonical: Final = msgspec.json.Encoder(order="sorted")
@@ -53,10 +50,8 @@ class CommandResult:
 class PreferenceCommands:
     """Turns preference requests into events on the source stream."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext, streams: StreamNames) -> None:
-        self.nc = nc
-        self.js = js
-        self.streams = streams
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
 
     async def set_preferences(
         self,
@@ -120,7 +115,7 @@ class PreferenceCommands:
         return await self._append(event, _request_of(event))
 
     async def _append(self, event: NotifyEvent, request: dict[str, Any]) -> CommandResult:
-        subjects = self.streams.subjects
+        subjects = self.store.names.subjects
         marker = CommandRecorded(
             command_id=event.command_id,
             command_type=event_type(event),
@@ -130,16 +125,28 @@ class PreferenceCommands:
             at=event.at,
             event_types=(event_type(event),),
         )
-        sequence, replayed = await append_with_marker(
-            self.nc,
-            self.js,
-            self.streams.source,
-            subjects.notify_event(event.card_id, event),
-            event,
-            subjects.command_marker(event.command_id),
-            marker,
-        )
-        return CommandResult(event.command_id, sequence, self.streams.source, replayed)
+        marker_subject = subjects.command_marker(event.command_id)
+        try:
+            positions = await self.store.append_batch(
+                [
+                    OutgoingMessage(subjects.notify_event(event.card_id, event), encode(event)),
+                    # The marker is the commit: it must be the first message on its subject.
+                    OutgoingMessage(
+                        marker_subject, encode(marker), expect=Expectation(marker_subject, 0)
+                    ),
+                ]
+            )
+        except WrongLastSequence:
+            found = await self.store.last_by_subject(marker_subject)
+            if found is None:
+                raise Conflict("the command's atomic batch was refused; retry") from None
+            if decode_marker(found.data).fingerprint != marker.fingerprint:
+                raise AlreadyExists(
+                    f"command id {event.command_id} was used for a different command"
+                ) from None
+            return CommandResult(event.command_id, found.sequence, found.stream, True)
+        last = positions[-1]
+        return CommandResult(event.command_id, last.sequence, last.stream, False)
 
 
 def _check_scope(command_id: str, card_id: str) -> None:

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import AlreadyExists
 from contracts.subjects import StreamNames
+from eventstore import EventStore
 from projections.notifications.schema import create_schemas, wake_channel
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
@@ -94,7 +95,7 @@ async def test_signed_delivery_retries_after_500_and_timeout_with_one_idempotenc
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            commands = PreferenceCommands(nc, js, streams)
+            commands = PreferenceCommands(EventStore(nc, streams))
             await commands.set_webhook("wh-1", "c1", "e1", hook.url, SECRET)
             card = Events("c1")
             await append(js, streams, card.issue(), card.fund(10_000))
@@ -123,7 +124,7 @@ async def test_dead_letter_after_max_attempts(
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            await PreferenceCommands(nc, js, streams).set_webhook(
+            await PreferenceCommands(EventStore(nc, streams)).set_webhook(
                 "wh-2", "c1", "e1", hook.url, SECRET
             )
             card = Events("c1")
@@ -144,7 +145,7 @@ async def test_preferences_route_kinds_and_operator_endpoints(
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            commands = PreferenceCommands(nc, js, streams)
+            commands = PreferenceCommands(EventStore(nc, streams))
             await commands.set_webhook("wh-3", "c1", "e1", card_hook.url, SECRET)
             await commands.set_webhook("wh-4", "", "ops", ops_hook.url, SECRET)
             first = await commands.set_preferences("p-1", "c1", ("decline",), None, None)

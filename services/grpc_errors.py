@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 
@@ -74,17 +74,16 @@ def _reason(exc: grpc.RpcError) -> str:
     return ""
 
 
-T = TypeVar("T")
-Req = TypeVar("Req")
+M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
 
 
-def translate_errors(
-    method: Callable[[object, Req, grpc.aio.ServicerContext[Req, T]], Awaitable[T]],
-) -> Callable[[object, Req, grpc.aio.ServicerContext[Req, T]], Awaitable[T]]:
+def translate_errors(method: M) -> M:
     """Decorate an async servicer method so domain errors end the call with the mapped status."""
 
     @functools.wraps(method)
-    async def wrapper(self: object, request: Req, context: grpc.aio.ServicerContext[Req, T]) -> T:
+    async def wrapper(
+        self: object, request: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         try:
             return await method(self, request, context)
         except LedgerError as exc:
@@ -92,4 +91,4 @@ def translate_errors(
                 context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
             await context.abort(status_for(exc), str(exc))
 
-    return wrapper
+    return cast(M, wrapper)

@@ -8,7 +8,7 @@ answers are folded from the card's events. No full PAN or CVV exists anywhere to
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import grpc
 
@@ -40,6 +40,7 @@ STATUS_ENUM: Final = {
     "frozen": card_pb2.CARD_STATUS_FROZEN,
     "closed": card_pb2.CARD_STATUS_CLOSED,
 }
+Context = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE: Final = 1000
 
 
@@ -100,14 +101,14 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def GetCard(
-        self, request: card_pb2.CardRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.CardRequest, context: Context
     ) -> card_pb2.CardResponse:
         state = await self._card(request.card_id)
         return card_response(state, self._stream, datetime.now(UTC))
 
     @translate_errors
     async def IssueCard(
-        self, request: card_pb2.IssueCardRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.IssueCardRequest, context: Context
     ) -> card_pb2.IssueCardResponse:
         if request.card_type not in CARD_TYPES:
             raise InvalidArgument(
@@ -128,7 +129,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def FreezeCard(
-        self, request: card_pb2.FreezeCardRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.FreezeCardRequest, context: Context
     ) -> card_pb2.FreezeCardResponse:
         result, card = await self._run(
             FreezeCard(
@@ -139,7 +140,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def UnfreezeCard(
-        self, request: card_pb2.UnfreezeCardRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.UnfreezeCardRequest, context: Context
     ) -> card_pb2.UnfreezeCardResponse:
         result, card = await self._run(
             UnfreezeCard(command_id=request.command_id, card_id=request.card_id)
@@ -148,7 +149,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def UpdateCreditLimit(
-        self, request: card_pb2.UpdateCreditLimitRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.UpdateCreditLimitRequest, context: Context
     ) -> card_pb2.UpdateCreditLimitResponse:
         result, card = await self._run(
             UpdateCreditLimit(
@@ -161,7 +162,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def CloseCard(
-        self, request: card_pb2.CloseCardRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.CloseCardRequest, context: Context
     ) -> card_pb2.CloseCardResponse:
         result, card = await self._run(
             CloseCard(command_id=request.command_id, card_id=request.card_id)
@@ -170,7 +171,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     @translate_errors
     async def ListCards(
-        self, request: card_pb2.ListCardsRequest, context: grpc.aio.ServicerContext
+        self, request: card_pb2.ListCardsRequest, context: Context
     ) -> card_pb2.ListCardsResponse:
         if request.page_size < 0:
             raise InvalidArgument("page_size must not be negative")

@@ -56,6 +56,11 @@ class CardStates:
         self._remember(card_id, state)
         return state
 
+    async def known(self, card_id: str) -> CardState:
+        """Return the cached state if there is one (it may be stale), else load it."""
+        state = self._states.get(card_id)
+        return await self.current(card_id) if state is None else state
+
     def cached(self, card_id: str) -> CardState:
         """Return the cached state (possibly stale, possibly empty) without reading the stream."""
         return self._states.get(card_id, EMPTY)

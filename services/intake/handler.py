@@ -143,8 +143,11 @@ class CommandHandler:
             command = msgspec.structs.replace(command, expires_at=self._clock() + self._hold_ttl)
         card_id = command.card_id
         async with self.cards.locked(card_id):
+            # Decide on the cached state first: compare-and-set refuses it if the card moved, and
+            # only then do we pay for reading the family's tail (DESIGN §5).
+            fresh = False
             for _ in range(self._max_retries + 1):
-                state = await self.cards.current(card_id)
+                state = await (self.cards.current(card_id) if fresh else self.cards.known(card_id))
                 try:
                     decision = decide(state, command, self._clock())
                 except (NotFound, AlreadyExists):
@@ -152,6 +155,9 @@ class CommandHandler:
                     replay = await self._replay(command, print_)
                     if replay is not None:
                         return replay
+                    if not fresh:  # the cache may predate the card's issue (or another replica's)
+                        fresh = True
+                        continue
                     raise
                 marker = self._marker_for(command, print_, decision)
                 unit = self._unit(command, state.version, decision.events, marker)
@@ -163,7 +169,8 @@ class CommandHandler:
                         return replay
                     if self._metrics is not None:
                         self._metrics.conflicts.inc()
-                    continue  # the card moved: decide again on the tail we did not see
+                    fresh = True  # the card moved: read the tail we did not see, decide again
+                    continue
                 self.cards.applied(card_id, state, decision.events, positions)
                 return self._from_marker(marker, positions[-1].sequence, replayed=False)
         raise Aborted(

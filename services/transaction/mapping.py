@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -121,7 +123,7 @@ def from_submitted(item: pb.TransactionCommand) -> Command:
         raise InvalidArgument(
             "each command must set one of create, fund, adjust, authorize, capture, void, refund"
         )
-    builders = {
+    builders: dict[str, Callable[[Any], Command]] = {
         "create": create,
         "fund": fund,
         "adjust": adjust,
@@ -130,7 +132,7 @@ def from_submitted(item: pb.TransactionCommand) -> Command:
         "void": void,
         "refund": refund,
     }
-    return builders[which](getattr(item, which))  # type: ignore[operator]
+    return builders[which](getattr(item, which))
 
 
 def outcome_message(outcome: CommandOutcome) -> pb.CommandOutcome:

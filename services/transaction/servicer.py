@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 
@@ -24,6 +24,7 @@ from services.intake import CommandHandler, CommandOutcome
 from services.transaction import mapping
 from services.transaction.cardlookup import CardLookup
 
+Context = grpc.aio.ServicerContext[Any, Any]
 MAX_SUBMIT: Final = 1000
 
 R = TypeVar("R")
@@ -52,49 +53,47 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
 
     @translate_errors
     async def CreateTransaction(
-        self, request: pb.CreateTransactionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateTransactionRequest, context: Context
     ) -> pb.CreateTransactionResponse:
         return await self._unary(mapping.create(request), pb.CreateTransactionResponse)
 
     @translate_errors
-    async def FundCard(
-        self, request: pb.FundCardRequest, context: grpc.aio.ServicerContext
-    ) -> pb.FundCardResponse:
+    async def FundCard(self, request: pb.FundCardRequest, context: Context) -> pb.FundCardResponse:
         return await self._unary(mapping.fund(request), pb.FundCardResponse)
 
     @translate_errors
     async def AdjustBalance(
-        self, request: pb.AdjustBalanceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AdjustBalanceRequest, context: Context
     ) -> pb.AdjustBalanceResponse:
         return await self._unary(mapping.adjust(request), pb.AdjustBalanceResponse)
 
     @translate_errors
     async def AuthorizeTransaction(
-        self, request: pb.AuthorizeTransactionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AuthorizeTransactionRequest, context: Context
     ) -> pb.AuthorizeTransactionResponse:
         return await self._unary(mapping.authorize(request), pb.AuthorizeTransactionResponse)
 
     @translate_errors
     async def CaptureTransaction(
-        self, request: pb.CaptureTransactionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CaptureTransactionRequest, context: Context
     ) -> pb.CaptureTransactionResponse:
         return await self._unary(mapping.capture(request), pb.CaptureTransactionResponse)
 
     @translate_errors
     async def VoidTransaction(
-        self, request: pb.VoidTransactionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.VoidTransactionRequest, context: Context
     ) -> pb.VoidTransactionResponse:
         return await self._unary(mapping.void(request), pb.VoidTransactionResponse)
 
     @translate_errors
     async def RefundTransaction(
-        self, request: pb.RefundTransactionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RefundTransactionRequest, context: Context
     ) -> pb.RefundTransactionResponse:
         return await self._unary(mapping.refund(request), pb.RefundTransactionResponse)
 
     @translate_errors
     async def SubmitTransactions(
-        self, request: pb.SubmitTransactionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SubmitTransactionsRequest, context: Context
     ) -> pb.SubmitTransactionsResponse:
         if len(request.commands) > MAX_SUBMIT:
             raise InvalidArgument(f"at most {MAX_SUBMIT} commands per SubmitTransactions call")
@@ -135,7 +134,7 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
 
     @translate_errors
     async def GetCommandOutcome(
-        self, request: pb.GetCommandOutcomeRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetCommandOutcomeRequest, context: Context
     ) -> pb.GetCommandOutcomeResponse:
         outcome = await self._handler.outcome_of(check_id(request.transaction_id, "transaction_id"))
         return pb.GetCommandOutcomeResponse(outcome=mapping.outcome_message(outcome))

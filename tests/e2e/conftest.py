@@ -46,8 +46,8 @@ class Intake:
     card_runtime: Runtime
     transaction_runtime: Runtime
     channel: grpc.aio.Channel
-    cards: card_pb2_grpc.CardServiceStub
-    transactions: transaction_pb2_grpc.TransactionServiceStub
+    cards: card_pb2_grpc.CardServiceAsyncStub
+    transactions: transaction_pb2_grpc.TransactionServiceAsyncStub
 
 
 @pytest.fixture

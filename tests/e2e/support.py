@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -25,7 +26,7 @@ def usd(amount: int, currency: str = "USD") -> tx.Money:
 def issue_request(
     card_id: str,
     *,
-    card_type: int = card_pb2.CARD_TYPE_CREDIT,
+    card_type: card_pb2.CardType.ValueType = card_pb2.CARD_TYPE_CREDIT,
     credit_limit: int = 10_000,
     currency: str = "USD",
 ) -> card_pb2.IssueCardRequest:
@@ -94,7 +95,7 @@ async def wait_serving(port: int, within: float = 20.0) -> None:
 
     deadline = asyncio.get_running_loop().time() + within
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        stub: Any = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)

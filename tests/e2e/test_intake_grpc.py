@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +21,7 @@ from tests.e2e.support import issue_request, new_id, stream_last_sequence, strea
 
 
 def _reason(exc: grpc.aio.AioRpcError) -> str:
-    return dict(exc.trailing_metadata() or ()).get(REASON_METADATA_KEY, "")
+    return str(dict(exc.trailing_metadata() or ()).get(REASON_METADATA_KEY, ""))
 
 
 async def _card(intake: Intake, **kwargs: object) -> str:
@@ -30,7 +31,7 @@ async def _card(intake: Intake, **kwargs: object) -> str:
 
 
 async def test_reflection_lists_the_services(intake: Intake) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(intake.channel)
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(intake.channel)  # type: ignore[arg-type]
 
     async def ask() -> list[str]:
         responses = stub.ServerReflectionInfo(

@@ -1,0 +1,275 @@
+"""``DevSystem``: NATS, Postgres and the four services on one machine, supervised, stopped cleanly.
+
+Start order: lock the data directory, stop leftovers of a crashed run, check every service port
+(fail before starting anything), start NATS and Postgres (or use the configured URLs), provision
+the streams (idempotent; the services would too, but the projectors must not race the writers for
+it), then start the four services at once and wait until each reports SERVING over gRPC health.
+Stop order: the services (SIGTERM, grace, then SIGKILL), then NATS and Postgres. Every process is
+a direct child whose pid we hold; nothing is ever signalled by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Self
+
+from contracts.errors import Unavailable
+from services.dev.logs import tail
+from services.dev.ports import SERVICES, all_ports, check_free, is_free, service_ports
+from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
+from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
+from services.localservers import LocalNats, LocalPostgres, LocalServerError
+from services.settings import ENV_PREFIX, Settings
+from services.wiring import connect_store
+
+Notify = Callable[[str, str], None]  # (level, message)
+
+
+class StartFailed(Unavailable):
+    """The system could not be brought up (a service died or never reported SERVING)."""
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a service process: ours, with every ``JETLEDGER_*`` from ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for f in dataclasses.fields(settings):
+        if f.name != "extra":
+            env[ENV_PREFIX + f.name.upper()] = str(getattr(settings, f.name))
+    return env
+
+
+def _ignore(level: str, message: str) -> None:
+    del level, message
+
+
+class DevSystem:
+    """The whole system as child processes; use as a context manager or ``start()``/``stop()``."""
+
+    def __init__(self, settings: Settings, *, fresh: bool = False, notify: Notify = _ignore):
+        self.data = DataDir(settings.data_dir)
+        self.settings = dataclasses.replace(settings, data_dir=self.data.root)
+        self.fresh = fresh
+        self.notify = notify
+        self.nats: LocalNats | None = None
+        self.postgres: LocalPostgres | None = None
+        self.services: dict[str, ServiceProcess] = {}
+        self._server_retry: dict[str, float] = {}
+        self._locked = False
+        self.started_at = 0.0
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- start ------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Bring everything up and return once every service reports SERVING."""
+        self.started_at = time.monotonic()
+        self.data.lock()
+        self._locked = True
+        try:
+            leftovers = self.data.reap_leftovers()
+            if leftovers:
+                names = ", ".join(f"{c.name} (pid {c.pid})" for c in leftovers)
+                self.notify("warning", f"stopped what an earlier run left running: {names}")
+            if self.fresh:
+                self.data.wipe()
+            check_free(self.settings.host, all_ports(self.settings))
+            self._start_servers()
+            asyncio.run(_provision(self.settings))
+            env = child_env(self.settings)
+            for name in SERVICES:
+                port = getattr(self.settings, f"{name}_port")
+                self.services[name] = ServiceProcess(
+                    name, env, self.data.logs / f"{name}.log", f"{self.settings.host}:{port}"
+                )
+                self.services[name].start()
+            self._record()
+            self._wait_serving(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_servers(self) -> None:
+        host = self.settings.host
+        known = self.data.read_server_ports()
+
+        def reuse(port: int) -> int:
+            # Same ports as last run when they are free, so URLs in other terminals stay valid.
+            return port if port and is_free(host, port) else 0
+
+        jobs: dict[str, Callable[[], object]] = {}
+        if not self.settings.nats_url:
+            self.nats = LocalNats(
+                store_dir=self.data.nats,
+                port=reuse(known.nats),
+                monitor_port=reuse(known.nats_monitor),
+                host=host,
+                server_name="jetledger-dev",
+            )
+            jobs["NATS"] = self.nats.start
+        if not self.settings.database_url:
+            self.postgres = LocalPostgres(
+                data_dir=self.data.postgres, port=reuse(known.postgres), host=host
+            )
+            jobs["Postgres"] = self.postgres.start
+        with ThreadPoolExecutor(max_workers=2) as pool:  # both take a second or two: overlap
+            futures = {name: pool.submit(job) for name, job in jobs.items()}
+        for name, future in futures.items():
+            try:
+                future.result()
+            except (LocalServerError, OSError) as exc:
+                raise StartFailed(f"{name} did not start: {exc}") from exc
+        self.data.write_server_ports(
+            ServerPorts(
+                nats=self.nats.port if self.nats else known.nats,
+                nats_monitor=self.nats.monitor_port if self.nats else known.nats_monitor,
+                postgres=self.postgres.port if self.postgres else known.postgres,
+            )
+        )
+        self.settings = dataclasses.replace(
+            self.settings,
+            nats_url=self.nats.url if self.nats else self.settings.nats_url,
+            database_url=self.postgres.url if self.postgres else self.settings.database_url,
+        )
+
+    def _wait_serving(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.services.values())
+        while pending:
+            for svc in list(pending):
+                code = svc.exited()
+                if code is not None:
+                    lines = "\n".join(tail(svc.log_path, 12))
+                    raise StartFailed(
+                        f"the {svc.name} service exited with {describe_exit(code)} while"
+                        f" starting; {svc.log_path} ends with:\n{lines}"
+                    )
+                if svc.serving(timeout=0.5):
+                    pending.remove(svc)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise StartFailed(
+                    f"{names} did not report SERVING within {timeout:.0f}s (logs in {self.data.logs})"
+                )
+            if pending:
+                time.sleep(0.1)
+
+    def _record(self) -> None:
+        children = [
+            Child(name, pid, cmdline_of(pid) or [], stop_signal=sig)
+            for name, pid, sig in self._processes()
+        ]
+        self.data.write_state(
+            DevState(pid=os.getpid(), started_at=time.time(), children=children), self.settings
+        )
+
+    def _processes(self) -> list[tuple[str, int, int]]:
+        import signal
+
+        found = [(s.name, s.pid, int(signal.SIGTERM)) for s in self.services.values() if s.pid]
+        if self.nats and self.nats.pid:
+            found.append(("nats", self.nats.pid, int(signal.SIGTERM)))
+        if self.postgres and self.postgres.pid:
+            found.append(("postgres", self.postgres.pid, int(signal.SIGINT)))
+        return found
+
+    # -- supervise --------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Supervise once: report a crashed service and restart it after its backoff."""
+        now = time.monotonic()
+        for svc in self.services.values():
+            code = svc.exited()
+            if code is None:
+                if svc.failures and now - svc.started_at > STABLE_AFTER:
+                    svc.failures = 0
+            elif svc.restart_at is None:
+                svc.failures += 1
+                delay = backoff(svc.failures)
+                svc.restart_at = now + delay
+                self.notify(
+                    "error",
+                    f"{svc.name} exited unexpectedly ({describe_exit(code)});"
+                    f" restarting in {delay:.1f}s (log: {svc.log_path})",
+                )
+            elif now >= svc.restart_at:
+                self._restart(svc, now)
+        self._poll_servers(now)
+
+    def _restart(self, svc: ServiceProcess, now: float) -> None:
+        try:
+            check_free(self.settings.host, service_ports(self.settings, svc.name))
+        except Unavailable as exc:
+            svc.restart_at = now + backoff(svc.failures)
+            self.notify("error", f"cannot restart {svc.name}: {exc}")
+            return
+        svc.start()
+        svc.restarts += 1
+        self._record()
+        self.notify("warning", f"{svc.name} restarted (pid {svc.pid}, restart #{svc.restarts})")
+
+    def _poll_servers(self, now: float) -> None:
+        for name, server in (("NATS", self.nats), ("Postgres", self.postgres)):
+            if server is None or server.proc is None or server.proc.poll() is None:
+                continue
+            due = self._server_retry.setdefault(name, now)
+            if now < due:
+                continue
+            self.notify(
+                "error", f"{name} exited ({describe_exit(server.proc.returncode)}); restarting"
+            )
+            try:
+                server.start()
+            except LocalServerError as exc:
+                self._server_retry[name] = now + 5.0
+                self.notify("error", f"{name} did not restart: {exc}")
+                continue
+            self._server_retry.pop(name, None)
+            self._record()
+
+    # -- inspect and stop -------------------------------------------------------------------------
+
+    def pids(self) -> dict[str, int]:
+        """The pid of every process the system runs, by name."""
+        return {name: pid for name, pid, _ in self._processes()}
+
+    def rss(self) -> dict[str, int]:
+        """Resident memory (KiB) of every live process, by name."""
+        found = {name: rss_kib(pid) for name, pid in self.pids().items()}
+        return {name: kib for name, kib in found.items() if kib is not None}
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data.logs
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the services (gracefully, then by force), then NATS and Postgres."""
+        for svc in self.services.values():
+            svc.terminate()
+        deadline = time.monotonic() + grace
+        for svc in self.services.values():
+            svc.wait(deadline)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for server in (self.nats, self.postgres):
+                if server is not None:
+                    pool.submit(server.stop)
+        if self._locked:
+            self.data.clear_state()
+            self.data.unlock()
+            self._locked = False
+
+
+async def _provision(settings: Settings) -> None:
+    built = await connect_store(settings, "dev")
+    await built.close()

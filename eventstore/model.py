@@ -6,11 +6,16 @@ by card, so no sequence is meaningful without the stream it belongs to.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
 
 from eventstore.headers import RESERVED
+
+# dot-separated tokens without wildcards or whitespace: a subject one can publish to
+_PUBLISH_SUBJECT: Final = re.compile(r"[^.\s*>]+(?:\.[^.\s*>]+)*")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -54,10 +59,9 @@ class OutgoingMessage:
     msg_id: str | None = None
 
     def __post_init__(self) -> None:
-        tokens = self.subject.split(".")
-        if not self.subject or any(t in ("", "*", ">") or " " in t for t in tokens):
+        if _PUBLISH_SUBJECT.fullmatch(self.subject) is None:
             raise ValueError(f"invalid publish subject {self.subject!r}")
-        reserved = RESERVED.intersection(self.headers)
+        reserved = RESERVED.intersection(self.headers) if self.headers else None
         if reserved:
             raise ValueError(
                 f"headers {sorted(reserved)} are set by the event store, not by callers"

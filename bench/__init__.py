@@ -1,0 +1,1 @@
+"""Micro-benchmarks that run against real local servers (``make bench``)."""

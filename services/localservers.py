@@ -68,6 +68,18 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the process that started us dies (Linux), so no orphans."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -141,6 +153,7 @@ class LocalNats:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         _wait_for_port(self.host, self.port, self.proc, timeout, log)
         self._wait_healthy(timeout)
@@ -281,6 +294,7 @@ class LocalPostgres:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
                 user=None if run_as is None else run_as[0],
                 group=None if run_as is None else run_as[1],
                 extra_groups=None if run_as is None else [],

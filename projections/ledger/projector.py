@@ -135,16 +135,25 @@ class Projector:
                 start = await store.lock_tracking(conn, LIVE_SCHEMA, stream)
             await consumer.start_after(start)
             log.info("projector consuming", extra={"stream": stream, "after": start})
+            batch = await consumer.fetch(self.config.batch, self.config.fetch_timeout)
             while not stop.is_set():
-                batch = await consumer.fetch(self.config.batch, self.config.fetch_timeout)
                 await self._leadership.alive()
                 if relay_task.done():
                     relay_task.result()  # surface the relay's error (restarts leadership)
                 if not batch:
                     self.metrics.lag_events.set(0)
                     self.metrics.lag_seconds.set(0)
+                    batch = await consumer.fetch(self.config.batch, self.config.fetch_timeout)
                     continue
-                await self._handle(conn, batch)
+                # Pull the next batch while this one commits (it is acked only after its own
+                # commit, so a crash leaves it unacked and the tracking row decides anyway).
+                prefetch = asyncio.create_task(
+                    consumer.fetch(self.config.batch, self.config.fetch_timeout)
+                )
+                try:
+                    await self._handle(conn, batch)
+                finally:
+                    batch = await prefetch
         finally:
             relay_stop.set()
             self._relay_wake.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ from datetime import datetime
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 
@@ -67,7 +69,12 @@ class DurableConsumer:
         self._name = name
         self._filter = filter_subject
         self._ack_wait = ack_wait
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._nc = js._nc  # raw pulls: nats-py's fetch awaits each message with a timer
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._got: list[Msg] = []
+        self._want = 0
+        self._done = asyncio.Event()
 
     async def start_after(self, sequence: int) -> None:
         """(Re-)create the consumer so its first delivery is the first message after ``sequence``.
@@ -88,17 +95,37 @@ class DurableConsumer:
             opt_start_seq=sequence + 1,
         )
         await self._js.add_consumer(self._stream, config=config)
-        self._sub = await self._js.pull_subscribe_bind(self._name, stream=self._stream)
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:
+            self._got.append(msg)
+            if len(self._got) < self._want:
+                return
+        elif status == "100":  # idle heartbeat / flow control: not an answer
+            return
+        self._done.set()
 
     async def fetch(self, batch: int, wait_seconds: float) -> list[Received]:
-        """Return up to ``batch`` messages, or an empty list when none arrive within ``wait_seconds``."""
+        """Return up to ``batch`` messages: wait up to ``wait_seconds`` for the first one, then
+        take whatever else is already there (``no_wait`` + ``expires``: one request, no linger)."""
         if self._sub is None:
             raise RuntimeError("consumer not started")
-        try:
-            msgs = await self._sub.fetch(batch, timeout=wait_seconds)
-        except nats.errors.TimeoutError:
-            return []
-        return [received(m) for m in msgs]
+        self._got, self._want = [], batch
+        self._done.clear()
+        request = {"batch": batch, "expires": int(wait_seconds * 1e9), "no_wait": True}
+        await self._nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._name}",
+            json.dumps(request).encode(),
+            reply=self._inbox,
+        )
+        # The server always ends the request (messages, then a 404/408 status) before expiry.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), wait_seconds + 2.0)
+        got, self._got = self._got, []
+        return [received(m) for m in got]
 
     async def close(self) -> None:
         """Stop pulling (the durable consumer stays on the server)."""

@@ -13,7 +13,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 import nats
 from psycopg_pool import AsyncConnectionPool
 
@@ -78,7 +78,7 @@ async def serve(settings: Settings) -> None:
         metrics_port=settings.notification_metrics_port,
         registry=metrics.registry,
     )
-    client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_connections=64))
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)
     runner = ProjectorRunner(
         js,
@@ -119,7 +119,7 @@ async def serve(settings: Settings) -> None:
             task.cancel()
         with contextlib.suppress(BaseException):
             await asyncio.gather(*tasks, return_exceptions=True)
-        await client.aclose()
+        await client.close()
         await pool.close()
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -73,7 +73,7 @@ class WebhookDispatcher:
         config: WebhookConfig,
         metrics: NotificationMetrics,
         waker: Waker,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
     ) -> None:
         self.pool = pool
         self.config = config
@@ -154,13 +154,18 @@ class WebhookDispatcher:
         }
         status, error = 0, ""
         try:
-            response = await self.client.post(
-                item.url, content=item.body, headers=headers, timeout=self.config.timeout
-            )
-            status = response.status_code
+            async with self.client.post(
+                item.url,
+                data=item.body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                await response.read()  # drain, so the keep-alive connection can be reused
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
         fields = {
             "notification_id": item.notification_id,

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import psycopg
 import pytest
 from nats.js import JetStreamContext
@@ -50,7 +50,7 @@ async def service(
         await create_schemas(conn, "notify")
     metrics, waker = NotificationMetrics(), Waker()
     runner = ProjectorRunner(js, RunnerConfig(db, streams, "notify"), metrics, waker)
-    async with httpx.AsyncClient() as client:
+    async with aiohttp.ClientSession() as client:
         dispatcher = WebhookDispatcher(pool, "notify", config, metrics, waker, client)
         tasks = [
             asyncio.create_task(runner.run()),

@@ -1,0 +1,207 @@
+"""Notification latency: event appended (JetStream ack) → signed webhook received, p50/p99.
+
+Runs everything on loopback: a local nats-server and Postgres (or the ones named by
+``JETLEDGER_NATS_URL`` / ``JETLEDGER_DATABASE_URL``), the notification service as a child process,
+and an asyncio HTTP receiver in this process (same clock as the publisher). For each rate it
+appends purchases at a steady pace for a fixed time, then waits for the stragglers; it stops by
+itself. Not part of ``make test``::
+
+    .venv/bin/python -m bench.notification_bench [--rates 50,200,500] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import psycopg
+
+from contracts.codec import encode
+from contracts.subjects import StreamNames, Subjects
+from eventstore import EventStore
+from services.localservers import free_port, local_or_external
+from services.notification.preferences import PreferenceCommands
+from tests.notifykit import Events
+
+
+class Receiver:
+    """A minimal HTTP/1.1 keep-alive server recording when each notification id arrives."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.requests = 0
+        self.port = 0
+        self.changed = asyncio.Event()
+
+    async def start(self) -> asyncio.Server:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                now = time.monotonic()
+                headers = dict(
+                    line.split(":", 1) for line in head.decode().split("\r\n")[1:] if ":" in line
+                )
+                lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
+                await reader.readexactly(int(lowered.get("content-length", "0")))
+                self.requests += 1
+                self.arrived.setdefault(lowered.get("webhook-id", ""), now)
+                self.changed.set()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def _breakdown(database_url: str, ids: list[str]) -> dict[str, float]:
+    """Median ms from the event's decision time to the delivery row's commit, and from there to 2xx."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM"
+            " d.created_at - n.occurred_at)) * 1000, percentile_cont(0.5) WITHIN GROUP"
+            " (ORDER BY extract(epoch FROM d.delivered_at - d.created_at)) * 1000"
+            " FROM notify_ops.deliveries d JOIN notify.notifications n USING (notification_id)"
+            " WHERE d.notification_id = ANY(%s)",
+            (ids,),
+        )
+        row = await cur.fetchone()
+    return {"project_ms": float(row[0] or 0), "deliver_ms": float(row[1] or 0)} if row else {}
+
+
+async def _run_rate(
+    store: EventStore,
+    streams: StreamNames,
+    receiver: Receiver,
+    rate: int,
+    seconds: float,
+    database_url: str,
+) -> dict[str, float]:
+    """Append purchases at ``rate``/s for ``seconds``; return latency statistics in ms."""
+    cards = [Events(f"bench-{rate}-{i}") for i in range(20)]
+    js = store.nc.jetstream()
+    for card in cards:
+        for event in (card.issue(), card.fund(10**12)):
+            await js.publish(streams.subjects.card_event(card.card_id, event), encode(event))
+    appended: dict[str, float] = {}
+    total = int(rate * seconds)
+    start = time.monotonic()
+    for n in range(total):
+        # Steady pace: each append starts at its slot (no burst to catch up a late one).
+        delay = start + n / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        card = cards[n % len(cards)]
+        purchase = card.purchase(100 + n % 900, f"m-{n % 7}")
+        ack = await js.publish(
+            streams.subjects.card_event(card.card_id, purchase), encode(purchase)
+        )
+        appended[f"{ack.stream}:{ack.seq}"] = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):  # the stragglers
+            while not all(i in receiver.arrived for i in appended):
+                receiver.changed.clear()
+                await receiver.changed.wait()
+    latencies = [
+        (receiver.arrived[i] - t) * 1000 for i, t in appended.items() if i in receiver.arrived
+    ]
+    breakdown = await _breakdown(database_url, list(appended))
+    return {
+        **breakdown,
+        "rate": rate,
+        "sent": total,
+        "received": len(latencies),
+        "achieved_rate": total / (max(appended.values()) - start),
+        "p50_ms": _percentile(latencies, 50),
+        "p90_ms": _percentile(latencies, 90),
+        "p99_ms": _percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "mean_ms": statistics.fmean(latencies),
+    }
+
+
+async def main(rates: list[int], seconds: float) -> None:
+    """Start everything, measure each rate, print a table."""
+    with (
+        tempfile.TemporaryDirectory(prefix="jetledger-bench-") as tmp,
+        local_or_external(
+            os.environ.get("JETLEDGER_NATS_URL", ""),
+            os.environ.get("JETLEDGER_DATABASE_URL", ""),
+            Path(tmp),
+        ) as servers,
+    ):
+        streams = StreamNames("BENCH", "BENCH_DERIVED", Subjects("bench."))
+        nc = await nats.connect(servers.nats_url)
+        store = EventStore(nc, streams)
+        await store.ensure_streams()
+        receiver = Receiver()
+        server = await receiver.start()
+        await PreferenceCommands(store).set_webhook(
+            "bench-hook",
+            "",
+            "bench",
+            f"http://127.0.0.1:{receiver.port}/hook",
+            "bench-secret-0123456789",
+        )
+        env = {
+            **os.environ,
+            "JETLEDGER_NATS_URL": servers.nats_url,
+            "JETLEDGER_DATABASE_URL": servers.database_url,
+            "JETLEDGER_STREAM": streams.source,
+            "JETLEDGER_DERIVED_STREAM": streams.derived,
+            "JETLEDGER_SUBJECT_PREFIX": streams.subjects.prefix,
+            "JETLEDGER_NOTIFICATION_PORT": str(free_port()),
+            "JETLEDGER_NOTIFICATION_METRICS_PORT": str(free_port()),
+            "JETLEDGER_LOG_LEVEL": "WARNING",
+        }
+        service = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.notification.main", env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            await asyncio.sleep(3.0)  # start-up: imports, schema, consumers
+            print(
+                f"{'rate/s':>7} {'sent':>6} {'recv':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+            )
+            for rate in rates:
+                r = await _run_rate(store, streams, receiver, rate, seconds, servers.database_url)
+                print(
+                    f"{r['rate']:>7.0f} {r['sent']:>6.0f} {r['received']:>6.0f} {r['p50_ms']:>8.1f}"
+                    f" {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f}"
+                    f"   (achieved {r['achieved_rate']:.0f}/s; median: event→row"
+                    f" {r['project_ms']:.1f} ms, row→2xx {r['deliver_ms']:.1f} ms)",
+                    flush=True,
+                )
+        finally:
+            service.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(service.wait(), 15)
+            if service.returncode is None:
+                service.kill()
+                await service.wait()
+            server.close()
+            await nc.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="50,200,500", help="comma-separated appends per second")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each rate")
+    args = parser.parse_args()
+    asyncio.run(main([int(r) for r in args.rates.split(",")], args.seconds))

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contracts.subjects import StreamNames
 from jetledger.notification.v1 import notification_pb2 as pb
@@ -278,3 +279,39 @@ async def test_no_full_card_number_or_cvv_in_any_payload_row_or_log_line(
             # Secrets are write-only: never logged, never returned.
             assert SECRET not in log.read_text() and SECRET not in str(prefs)
             assert prefs.preferences.webhooks[0].secret_fingerprint
+
+
+async def test_a_poison_event_stops_the_projector_loudly(
+    nats_url: str, database_url: str, streams: StreamNames, tmp_path: Path
+) -> None:
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        log = tmp_path / "service.log"
+        service = ServiceProcess(nats_url, db, streams, log).start()
+        try:
+            await service.serving()
+            async with grpc.aio.insecure_channel(service.target) as channel:
+                stub = pb_grpc.NotificationServiceStub(channel)
+                card = Events("c1")
+                seqs = await append(js, streams, card.issue(), card.fund(1_000))
+                await stub.ListNotifications(
+                    pb.ListNotificationsRequest(min_stream_sequence=seqs[-1])
+                )
+                await js.publish(streams.subjects.card_event("c1", card.fund(1)), b'{"type":"x"}')
+                await append(js, streams, card.purchase(10))
+
+                async def stopped() -> bool:
+                    return service.metric("jetledger_notification_projector_errors_total") >= 1
+
+                await _until(stopped)
+                health: Any = health_pb2_grpc.HealthStub(channel)
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+                # Reads still work; nothing after the poison message was applied or skipped.
+                listed = await stub.ListNotifications(pb.ListNotificationsRequest(card_id="c1"))
+                assert [n.kind for n in listed.notifications] == [pb.NOTIFICATION_KIND_FUNDING]
+            assert "poison message stops the notification projector" in log.read_text()
+        finally:
+            service.stop()
+        assert service.proc is not None and service.proc.returncode == 0  # graceful SIGTERM

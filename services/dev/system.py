@@ -16,17 +16,20 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
+import nats
+
 from contracts.errors import Unavailable
+from eventstore import EventStore
 from services.dev.logs import tail
 from services.dev.ports import SERVICES, all_ports, check_free, is_free, service_ports
 from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
 from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
 from services.settings import ENV_PREFIX, Settings
-from services.wiring import connect_store
 
 Notify = Callable[[str, str], None]  # (level, message)
 
@@ -108,28 +111,24 @@ class DevSystem:
             # Same ports as last run when they are free, so URLs in other terminals stay valid.
             return port if port and is_free(host, port) else 0
 
-        jobs: dict[str, Callable[[], object]] = {}
-        if not self.settings.nats_url:
-            self.nats = LocalNats(
-                store_dir=self.data.nats,
-                port=reuse(known.nats),
-                monitor_port=reuse(known.nats_monitor),
-                host=host,
-                server_name="jetledger-dev",
-            )
-            jobs["NATS"] = self.nats.start
-        if not self.settings.database_url:
-            self.postgres = LocalPostgres(
-                data_dir=self.data.postgres, port=reuse(known.postgres), host=host
-            )
-            jobs["Postgres"] = self.postgres.start
-        with ThreadPoolExecutor(max_workers=2) as pool:  # both take a second or two: overlap
-            futures = {name: pool.submit(job) for name, job in jobs.items()}
-        for name, future in futures.items():
-            try:
-                future.result()
-            except (LocalServerError, OSError) as exc:
-                raise StartFailed(f"{name} did not start: {exc}") from exc
+        # Started from this (the main) thread on purpose: localservers sets PR_SET_PDEATHSIG,
+        # which fires when the *thread* that spawned the server ends, not the process.
+        try:
+            if not self.settings.nats_url:
+                self.nats = LocalNats(
+                    store_dir=self.data.nats,
+                    port=reuse(known.nats),
+                    monitor_port=reuse(known.nats_monitor),
+                    host=host,
+                    server_name="jetledger-dev",
+                ).start()
+            if not self.settings.database_url:
+                self.postgres = LocalPostgres(
+                    data_dir=self.data.postgres, port=reuse(known.postgres), host=host
+                ).start()
+        except (LocalServerError, OSError) as exc:
+            what = "Postgres" if self.nats is not None or self.settings.nats_url else "NATS"
+            raise StartFailed(f"{what} did not start: {exc}") from exc
         self.data.write_server_ports(
             ServerPorts(
                 nats=self.nats.port if self.nats else known.nats,
@@ -270,6 +269,26 @@ class DevSystem:
             self._locked = False
 
 
+async def _quiet(exc: Exception) -> None:
+    del exc
+
+
 async def _provision(settings: Settings) -> None:
-    built = await connect_store(settings, "dev")
-    await built.close()
+    """Create or update the streams (idempotent), failing fast when NATS cannot be reached."""
+    try:
+        nc = await nats.connect(
+            settings.nats_url,
+            name="jetledger-dev",
+            connect_timeout=5,
+            allow_reconnect=False,
+            error_cb=_quiet,  # the failure is raised below; nats-py would also print a traceback
+        )
+    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
+        raise StartFailed(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    try:
+        await EventStore(nc, settings.streams).ensure_streams(
+            replicas=settings.stream_replicas,
+            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+        )
+    finally:
+        await nc.close()

@@ -106,6 +106,8 @@ async def test_a_hot_card_admits_exactly_one_decision_per_version(store: EventSt
     assert len(ok) == 10
     assert all(isinstance(r, WrongLastSequence) for r in results if not isinstance(r, list))
     assert await store.last_sequence() == 20
+    # most losers were known stale from the winners' positions: no batch spent on them
+    assert writer.stats.stale_failed_early > 100
 
 
 async def test_a_duplicate_msg_id_fails_only_its_unit(store: EventStore) -> None:

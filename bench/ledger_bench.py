@@ -109,7 +109,7 @@ async def copy_ceiling(db: str, rows: int) -> float:
         t0 = time.perf_counter()
         async with conn.transaction(), conn.cursor() as cur:
             cols = ", ".join(ENTRY_COLUMNS)
-            async with cur.copy(f"COPY scratch ({cols}) FROM STDIN") as copy:  # type: ignore[arg-type]
+            async with cur.copy(f"COPY scratch ({cols}) FROM STDIN") as copy:
                 for row in data:
                     await copy.write_row(row)
         return rows / (time.perf_counter() - t0)
@@ -124,7 +124,9 @@ async def projection_rate(db: str, js: JetStreamContext, streams: StreamNames, l
     t0 = time.perf_counter()
     task = asyncio.create_task(projector.run(stop))
     async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-        while await tracking_position(conn, "ledger", streams.source) < last:
+        while True:
+            if await tracking_position(conn, "ledger", streams.source) >= last:
+                break
             await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - t0
     stop.set()
@@ -195,7 +197,9 @@ async def lag_at_rate(
         sent.extend((a.seq, now) for a in acks)
         await asyncio.sleep(max(0.0, t0 + (tick + 1) / 100 - time.perf_counter()))
     last = max(s for s, _ in sent)
-    while not seen or seen[-1][1] < last:
+    while True:
+        if seen and seen[-1][1] >= last:
+            break
         await asyncio.sleep(0.01)
     done.set()
     await watcher

@@ -45,6 +45,7 @@ from eventstore.errors import (
     DuplicateMessageId,
     InvalidBatch,
     StoreError,
+    StoreUnavailable,
     WrongLastSequence,
     translate,
 )
@@ -189,12 +190,14 @@ class GroupCommitWriter:
     async def _run(self, batch: list[_Unit]) -> None:
         try:
             await self._commit(batch)
-        except BaseException as exc:
-            # Cancellation (shutdown) must not leave callers waiting forever.
-            failure = translate(exc) if isinstance(exc, Exception) else StoreError("writer stopped")
+        except asyncio.CancelledError:
+            # shutdown must not leave callers waiting forever
             for unit in batch:
-                _fail(unit, failure)
+                _fail(unit, StoreUnavailable("the group-commit writer was stopped"))
             raise
+        except Exception as exc:  # a bug here must fail the callers, not strand them
+            for unit in batch:
+                _fail(unit, translate(exc))
         finally:
             self._inflight -= 1
             self._pump()

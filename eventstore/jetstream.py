@@ -32,6 +32,7 @@ from eventstore.batching import (
 from eventstore.consumers import DurableConsumer, create_durable, ordered_replay
 from eventstore.errors import (
     ERR_STREAM_NAME_IN_USE,
+    InvalidBatch,
     StoreError,
     StoreUnavailable,
     from_api_error,
@@ -166,6 +167,8 @@ class EventStore:
 
     async def send_batch(self, msgs: Sequence[OutgoingMessage]) -> list[Position]:
         """Send an already checked atomic batch (see ``append_batch``)."""
+        if not msgs:
+            raise InvalidBatch("an atomic batch needs at least one message")
         batch_id = self._nuid.next().decode()
         last = len(msgs)
         try:

@@ -135,7 +135,7 @@ async def projection_rate(db: str, js: JetStreamContext, streams: StreamNames, l
 
 
 def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> tuple[float, int, str]:
-    """Run ``jetledger replay ledger`` as a child; return seconds, peak RSS (KiB), its summary."""
+    """Run ``jetledger replay ledger`` as a child; return seconds, its peak RSS (KiB), summary."""
     env = {
         **os.environ,
         "JETLEDGER_NATS_URL": nats_url,
@@ -146,16 +146,31 @@ def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> tuple[float, 
     }
     exe = Path(sys.executable).parent / "jetledger"
     t0 = time.perf_counter()
+    peak = 0
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([str(exe), "replay", "ledger"], env=env, stdout=out, stderr=out)
-        _, status, usage = os.wait4(proc.pid, 0)
+        # The child's own high-water mark (rusage after fork would include the parent's pages).
+        while proc.poll() is None:
+            try:
+                status_text = Path(f"/proc/{proc.pid}/status").read_text()
+                peak = max(
+                    peak,
+                    *(
+                        int(line.split()[1])
+                        for line in status_text.splitlines()
+                        if line.startswith("VmHWM")
+                    ),
+                )
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
         elapsed = time.perf_counter() - t0
         out.seek(0)
         text = out.read().decode(errors="replace")
-    if status != 0:
+    if proc.returncode != 0:
         raise RuntimeError(text)
     summary = [line for line in text.splitlines() if line.startswith("rebuilt")]
-    return elapsed, usage.ru_maxrss, summary[-1] if summary else text[-300:]
+    return elapsed, peak, summary[-1] if summary else text[-300:]
 
 
 async def lag_at_rate(

@@ -225,6 +225,7 @@ class Projector:
             tail = fresh[-1][0]
             await store.set_tracking(conn, LIVE_SCHEMA, stream, tail.sequence, tail.time)
             self._fault.reached("before_commit")
+        self.metrics.entries_written.inc(len(projection.rows.entries))
         return len(fresh)
 
     def _report_poison(self, poison: PoisonEvent) -> None:

@@ -14,6 +14,7 @@ tests) and restarted on the same data directory and port. When ``JETLEDGER_NATS_
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import json
 import os
@@ -68,16 +69,20 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+try:  # loaded here, not in the child: after a user switch the child may not read our install
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the process that started us dies (Linux), so no orphans."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None:
+        try:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except Exception:  # noqa: S110 - best effort; never fail a server start over it
+            pass
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:

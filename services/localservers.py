@@ -79,10 +79,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the process that started us dies (Linux), so no orphans."""
     if _LIBC is not None:
-        try:
+        with contextlib.suppress(Exception):  # best effort; never fail a server start over it
             _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except Exception:  # noqa: S110 - best effort; never fail a server start over it
-            pass
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:

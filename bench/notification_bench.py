@@ -66,6 +66,12 @@ class Receiver:
         writer.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -180,12 +186,15 @@ async def main(rates: list[int], seconds: float) -> None:
                 f"{'rate/s':>7} {'sent':>6} {'recv':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"
             )
             for rate in rates:
+                cpu = _cpu_seconds(service.pid)
                 r = await _run_rate(store, streams, receiver, rate, seconds, servers.database_url)
+                r["cpu_ms"] = (_cpu_seconds(service.pid) - cpu) * 1000 / r["sent"]
                 print(
                     f"{r['rate']:>7.0f} {r['sent']:>6.0f} {r['received']:>6.0f} {r['p50_ms']:>8.1f}"
                     f" {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['max_ms']:>8.1f}"
                     f"   (achieved {r['achieved_rate']:.0f}/s; median: event→row"
-                    f" {r['project_ms']:.1f} ms, row→2xx {r['deliver_ms']:.1f} ms)",
+                    f" {r['project_ms']:.1f} ms, row→2xx {r['deliver_ms']:.1f} ms;"
+                    f" service CPU {r['cpu_ms']:.2f} ms a notification)",
                     flush=True,
                 )
         finally:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from contracts.codec import decode_entry, decode_event, decode_preference_event, encode
 from contracts.events import (
+    NotificationKind,
     NotificationPreferencesSet,
     PreferenceEvent,
     WebhookEndpointRemoved,
@@ -44,7 +45,49 @@ from projections.notifications.schema import check_schema, ops_schema, wake_chan
 SWAP_LOCK_KEY: Final = 0x4A4E_5357  # "JNSW"
 OPERATOR: Final = ""  # the card_id of the operator's global scope
 
-_card_state_decoder: Final = msgspec.json.Decoder(CardState)
+_card_states_decoder: Final = msgspec.json.Decoder(list[CardState])
+_prefs_decoder: Final = msgspec.json.Decoder(
+    list[tuple[str, tuple[NotificationKind, ...] | None, int | None, int | None]]
+)
+_endpoints_decoder: Final = msgspec.json.Decoder(list[tuple[str, str]])
+
+
+_LOAD: Final = """
+SELECT
+ (SELECT coalesce(json_agg(state), '[]') FROM {s}.cards WHERE card_id = ANY(%s))::text,
+ (SELECT coalesce(json_agg(json_build_array(card_id, kinds, low_balance_threshold,
+   low_balance_percent)), '[]') FROM {s}.preferences WHERE card_id = ANY(%s))::text,
+ (SELECT coalesce(json_agg(json_build_array(card_id, endpoint_id)), '[]')
+   FROM {s}.webhook_endpoints WHERE card_id = ANY(%s))::text
+"""
+
+# Data-modifying CTEs all run on one snapshot; the deliveries see which notifications were new
+# only through RETURNING, which is exactly the rule: no webhook for a duplicate.
+_WRITE_COMMON: Final = """
+WITH c AS (
+  INSERT INTO {s}.cards (card_id, state)
+  SELECT i, st::jsonb FROM unnest(%s::text[], %s::text[]) AS u(i, st)
+  ON CONFLICT (card_id) DO UPDATE SET state = EXCLUDED.state
+), n AS (
+  INSERT INTO {s}.notifications
+    (notification_id, card_id, kind, occurred_at, stream, sequence, sub, body)
+  SELECT i, c, k, t, st, sq, sb, b::jsonb FROM unnest(%s::text[], %s::text[], %s::text[],
+    %s::timestamptz[], %s::text[], %s::bigint[], %s::smallint[], %s::text[])
+    AS u(i, c, k, t, st, sq, sb, b)
+  ON CONFLICT DO NOTHING RETURNING notification_id
+), t AS (
+  INSERT INTO {s}.tracking (stream, last_sequence) VALUES (%s, %s)
+  ON CONFLICT (stream) DO UPDATE SET last_sequence = EXCLUDED.last_sequence
+)"""
+_WRITE_REBUILD_TAIL: Final = " SELECT notification_id, 0 FROM n"
+_WRITE_LIVE_TAIL: Final = """, d AS (
+  INSERT INTO {o}.deliveries (notification_id, card_id, scope, endpoint_id, body)
+  SELECT u.* FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[])
+    AS u(i, c, sc, e, b)
+  WHERE u.i IN (SELECT notification_id FROM n)
+  ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT notification_id, (SELECT count(*) FROM d), pg_notify(%s, '') FROM n"""
 
 
 class Message(Protocol):
@@ -85,15 +128,32 @@ class NotificationProjector:
         self.side_effects = side_effects
         self._s = sql.Identifier(self.schema)
         self._o = sql.Identifier(ops_schema(self.schema))
+        self._tracked_sql = sql.SQL(
+            "SELECT last_sequence FROM {}.tracking WHERE stream = %s FOR UPDATE"
+        ).format(self._s)
+        self._load_sql = sql.SQL(_LOAD).format(s=self._s)
+        tail = _WRITE_LIVE_TAIL if side_effects else _WRITE_REBUILD_TAIL
+        self._write_sql = sql.SQL(_WRITE_COMMON).format(s=self._s) + sql.SQL(tail).format(o=self._o)
 
     async def apply(
         self, conn: psycopg.AsyncConnection[Any], stream: str, messages: Sequence[Message]
     ) -> BatchResult:
-        """Apply ``messages`` of ``stream`` (in sequence order) in one transaction."""
+        """Apply ``messages`` of ``stream`` (in sequence order) in one transaction.
+
+        Three round trips at most, whatever the batch size: the reads (swap lock, tracking row,
+        state of every card and scope the batch touches) are pipelined, the writes are one
+        statement, then COMMIT. Latency at low load is round trips, so they are counted.
+        """
         result = BatchResult()
+        ids = self._card_ids(messages)
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SWAP_LOCK_KEY,))
-            last = await self._tracked(conn, stream)
+            async with conn.pipeline():
+                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SWAP_LOCK_KEY,))
+                tracking = await conn.execute(self._tracked_sql, (stream,))
+                loading = await conn.execute(self._load_sql, (ids, ids, ids))
+                row = await tracking.fetchone()
+                loaded = await loading.fetchone()
+            last = int(row[0]) if row else 0
             # A redelivery can repeat a message inside one fetch, too: one copy per sequence.
             unique = {m.sequence: m for m in messages if m.sequence > last}
             fresh = [unique[seq] for seq in sorted(unique)]
@@ -101,44 +161,20 @@ class NotificationProjector:
             result.last_sequence = max([last, *(m.sequence for m in fresh)])
             if not fresh:
                 return result
-            cards, scopes = await self._load(conn, fresh)
+            assert loaded is not None
+            cards, scopes = _parse_loaded(loaded, ids)
             notes: dict[str, Notification] = {}
             for msg in fresh:
                 for note in await self._one(conn, msg, cards, scopes):
                     notes.setdefault(note.notification_id, note)  # the first copy counts
-            await self._save_cards(conn, cards)
-            result.created = await self._insert(conn, list(notes.values()))
-            if self.side_effects and result.created:
-                result.deliveries = await self._schedule(conn, result.created, scopes)
-                await conn.execute("SELECT pg_notify(%s, '')", (wake_channel(self.schema),))
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.tracking (stream, last_sequence) VALUES (%s, %s)"
-                    " ON CONFLICT (stream) DO UPDATE SET last_sequence = EXCLUDED.last_sequence"
-                ).format(self._s),
-                (stream, result.last_sequence),
+            result.created, result.deliveries = await self._write(
+                conn, stream, result.last_sequence, cards, list(notes.values()), scopes
             )
         return result
 
-    async def _tracked(self, conn: psycopg.AsyncConnection[Any], stream: str) -> int:
-        cur = await conn.execute(
-            sql.SQL("SELECT last_sequence FROM {}.tracking WHERE stream = %s FOR UPDATE").format(
-                self._s
-            ),
-            (stream,),
-        )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    def _kind_of(self, subject: str) -> str:
-        rest = subject[len(self.subjects.prefix) :]
-        return rest.split(".", 1)[0]
-
-    async def _load(
-        self, conn: psycopg.AsyncConnection[Any], messages: Sequence[Message]
-    ) -> tuple[dict[str, CardState], dict[str, _Scope]]:
-        """Read the state of every card and scope the batch touches, in two round trips."""
-        card_ids: set[str] = set()
+    def _card_ids(self, messages: Sequence[Message]) -> list[str]:
+        """Every card (and the operator scope) whose state the batch may read."""
+        card_ids: set[str] = {OPERATOR}
         for msg in messages:
             kind = self._kind_of(msg.subject)
             if kind == "card":
@@ -147,37 +183,11 @@ class NotificationProjector:
                 card_ids.add(decode_entry(msg.data).card_id)
             elif kind == "notify":
                 card_ids.add(decode_preference_event(msg.data).card_id)
-        ids = sorted(card_ids | {OPERATOR})
-        cur = await conn.execute(
-            sql.SQL("SELECT state::text FROM {}.cards WHERE card_id = ANY(%s)").format(self._s),
-            (ids,),
-        )
-        cards = {
-            s.card_id: s for s in (_card_state_decoder.decode(r[0]) for r in await cur.fetchall())
-        }
-        scopes = {card_id: _Scope() for card_id in ids}
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT card_id, kinds, low_balance_threshold, low_balance_percent"
-                " FROM {}.preferences WHERE card_id = ANY(%s)"
-            ).format(self._s),
-            (ids,),
-        )
-        for card_id, kinds, threshold, percent in await cur.fetchall():
-            scopes[card_id].prefs = ScopePrefs(
-                kinds=None if kinds is None else tuple(kinds),
-                low_balance_threshold=threshold,
-                low_balance_percent=percent,
-            )
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT card_id, endpoint_id FROM {}.webhook_endpoints WHERE card_id = ANY(%s)"
-            ).format(self._s),
-            (ids,),
-        )
-        for card_id, endpoint_id in await cur.fetchall():
-            scopes[card_id].endpoints.add(endpoint_id)
-        return cards, scopes
+        return sorted(card_ids)
+
+    def _kind_of(self, subject: str) -> str:
+        rest = subject[len(self.subjects.prefix) :]
+        return rest.split(".", 1)[0]
 
     async def _one(
         self,
@@ -244,76 +254,76 @@ class NotificationProjector:
                     (event.card_id, event.endpoint_id),
                 )
 
-    async def _save_cards(
-        self, conn: psycopg.AsyncConnection[Any], cards: dict[str, CardState]
-    ) -> None:
-        if not cards:
-            return
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                sql.SQL(
-                    "INSERT INTO {}.cards (card_id, state) VALUES (%s, %s::jsonb)"
-                    " ON CONFLICT (card_id) DO UPDATE SET state = EXCLUDED.state"
-                ).format(self._s),
-                [(card_id, encode(state).decode()) for card_id, state in sorted(cards.items())],
-            )
-
-    async def _insert(
-        self, conn: psycopg.AsyncConnection[Any], notes: list[Notification]
-    ) -> list[Notification]:
-        """Insert the notifications; return those that were new (in the batch's order)."""
-        if not notes:
-            return []
-        cur = await conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.notifications (notification_id, card_id, kind, occurred_at,"
-                " stream, sequence, sub, body)"
-                " SELECT i, c, k, t, st, sq, sb, b::jsonb FROM unnest("
-                "%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[],"
-                " %s::bigint[], %s::smallint[], %s::text[]) AS u(i, c, k, t, st, sq, sb, b)"
-                " ON CONFLICT DO NOTHING RETURNING notification_id"
-            ).format(self._s),
-            (
-                [n.notification_id for n in notes],
-                [n.card_id for n in notes],
-                [n.kind for n in notes],
-                [n.occurred_at for n in notes],
-                [n.stream for n in notes],
-                [n.sequence for n in notes],
-                [n.sub for n in notes],
-                [encode(n).decode() for n in notes],
-            ),
-        )
-        new = {row[0] for row in await cur.fetchall()}
-        return [n for n in notes if n.notification_id in new]
-
-    async def _schedule(
+    async def _write(
         self,
         conn: psycopg.AsyncConnection[Any],
+        stream: str,
+        last_sequence: int,
+        cards: dict[str, CardState],
         notes: list[Notification],
         scopes: dict[str, _Scope],
-    ) -> int:
-        """Queue one delivery per (new notification, endpoint whose scope wants its kind)."""
+    ) -> tuple[list[Notification], int]:
+        """Store cards, new notifications, their deliveries and the tracking row: one statement.
+
+        Deliveries are computed for every candidate and inserted only for the notifications
+        the statement actually inserted (``RETURNING``), so a duplicate never queues a webhook.
+        """
+        card_rows = sorted(cards.items())
+        params: list[object] = [
+            [card_id for card_id, _ in card_rows],
+            [encode(state).decode() for _, state in card_rows],
+            [n.notification_id for n in notes],
+            [n.card_id for n in notes],
+            [n.kind for n in notes],
+            [n.occurred_at for n in notes],
+            [n.stream for n in notes],
+            [n.sequence for n in notes],
+            [n.sub for n in notes],
+            [encode(n).decode() for n in notes],
+            stream,
+            last_sequence,
+        ]
+        if self.side_effects:
+            deliveries = self._deliveries(notes, scopes)
+            params += [[row[i] for row in deliveries] for i in range(5)]
+            params.append(wake_channel(self.schema))
+        cur = await conn.execute(self._write_sql, params)
+        rows = await cur.fetchall()
+        new = {row[0] for row in rows}
+        queued = int(rows[0][1]) if rows else 0
+        return [n for n in notes if n.notification_id in new], queued
+
+    def _deliveries(
+        self, notes: list[Notification], scopes: dict[str, _Scope]
+    ) -> list[tuple[str, str, str, str, bytes]]:
+        """One row per (notification, endpoint whose scope wants its kind)."""
         operator = scopes[OPERATOR]
         operator_kinds = effective(operator.prefs, None).kinds
         rows: list[tuple[str, str, str, str, bytes]] = []
         for note in notes:
             scope = scopes.get(note.card_id, _Scope())
-            body = encode(note)
+            body = encode(note)  # the exact bytes every attempt will POST
             if note.kind in effective(scope.prefs, operator.prefs).kinds:
                 rows += [(note.notification_id, note.card_id, note.card_id, e, body)
                          for e in sorted(scope.endpoints)]  # fmt: skip
             if note.kind in operator_kinds:
                 rows += [(note.notification_id, note.card_id, OPERATOR, e, body)
                          for e in sorted(operator.endpoints)]  # fmt: skip
-        if not rows:
-            return 0
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                sql.SQL(
-                    "INSERT INTO {}.deliveries (notification_id, card_id, scope, endpoint_id, body)"
-                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(self._o),
-                rows,
-            )
-        return len(rows)
+        return rows
+
+
+def _parse_loaded(
+    row: tuple[Any, ...], ids: list[str]
+) -> tuple[dict[str, CardState], dict[str, _Scope]]:
+    """Turn the load query's three JSON arrays into card states and scopes."""
+    cards = {c.card_id: c for c in _card_states_decoder.decode(row[0])}
+    scopes = {card_id: _Scope() for card_id in ids}
+    for card_id, kinds, threshold, percent in _prefs_decoder.decode(row[1]):
+        scopes[card_id].prefs = ScopePrefs(
+            kinds=None if kinds is None else tuple(kinds),
+            low_balance_threshold=threshold,
+            low_balance_percent=percent,
+        )
+    for card_id, endpoint_id in _endpoints_decoder.decode(row[2]):
+        scopes[card_id].endpoints.add(endpoint_id)
+    return cards, scopes

@@ -125,7 +125,9 @@ class WebhookDispatcher:
                 task.add_done_callback(self._inflight.discard)
             if len(claimed) == free:
                 continue  # there may be more due: claim again as soon as a slot is free
-            await self.waker.wait(since, await self._idle_wait())
+            # Retries poke the waker when they schedule, so only an idle loop asks Postgres when
+            # the next attempt is due.
+            await self.waker.wait(since, 1.0 if claimed else await self._idle_wait())
 
     async def _idle_wait(self) -> float:
         async with self.pool.connection() as conn:

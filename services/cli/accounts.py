@@ -1,6 +1,7 @@
 """``jetledger balance`` and ``jetledger entries``: the ledger service's read side.
 
-``ACCOUNT`` is ``card-<id>``, ``merchant-<id>`` or ``house-<id>``; a bare id means a card. With
+``ACCOUNT`` is ``card-<id>``, ``merchant-<id>`` or ``house-<id>``; a bare id means a card (so a
+card whose own id starts with ``card-`` must be written in full: ``card-card-7``). With
 ``--at-least-seq N`` (the position a command printed) the answer waits, bounded, until the ledger
 projection has caught up with it: read-your-writes.
 """

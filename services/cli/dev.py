@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -53,6 +53,7 @@ class _Signals:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.running = False
+        self._previous: dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if not self.running:
@@ -61,7 +62,12 @@ class _Signals:
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self)
+            self._previous[sig] = signal.signal(sig, self)
+
+    def restore(self) -> None:
+        """Put the previous handlers back (``main(["dev"])`` may run inside another program)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,6 +103,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         signals.running = True
         out.print("[dim]dev: stopping the services, then NATS and Postgres …")
         system.stop()
+        signals.restore()
     out.print(f"dev: stopped; data kept in {system.data.root}")
     return 0
 

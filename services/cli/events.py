@@ -44,7 +44,9 @@ def register(subparsers: Subparsers) -> None:
     tail.add_argument("--last", type=int, default=20, metavar="N", help="show the last N events")
     tail.add_argument("--from-seq", type=int, default=0, metavar="N", help="start at sequence N")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    tail.add_argument("--max", type=int, default=0, metavar="N", help="stop after N events")
+    tail.add_argument(
+        "--max", type=int, default=0, metavar="N", help="with --follow: stop after N new events"
+    )
     tail.add_argument(
         "--derived", action="store_true", help="the derived stream (ledger.entry_created)"
     )
@@ -86,20 +88,19 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
         window: collections.deque[StoredMessage] | None = None
         if not args.from_seq:
             window = collections.deque(maxlen=args.last)
-        shown = 0
         async for message in store.replay(start, filters, stream=stream):
             if window is not None:
                 window.append(message)
-                continue
-            shown += _show(message, settings, args.json)
-            if args.max and shown >= args.max:
-                return 0
+            else:
+                _show(message, settings, args.json)
         for message in window or ():
-            shown += _show(message, settings, args.json)
+            _show(message, settings, args.json)
         if args.follow:
+            shown = 0
             async for message in store.replay(last + 1, filters, stream=stream, follow=True):
-                shown += _show(message, settings, args.json)
-                if args.max and shown >= args.max:
+                _show(message, settings, args.json)
+                shown += 1
+                if shown == args.max:
                     break
     finally:
         await nc.close()
@@ -120,7 +121,7 @@ def _decode(message: StoredMessage) -> dict[str, Any]:
     return {k: ("••••" if k in _SECRET_KEYS else v) for k, v in data.items()}
 
 
-def _show(message: StoredMessage, settings: Settings, as_json: bool) -> int:
+def _show(message: StoredMessage, settings: Settings, as_json: bool) -> None:
     event = _decode(message)
     subject = message.subject.removeprefix(settings.subject_prefix)
     if as_json:
@@ -132,7 +133,7 @@ def _show(message: StoredMessage, settings: Settings, as_json: bool) -> int:
             "event": event,
         }
         print(json.dumps(record, default=str), flush=True)
-        return 1
+        return
     line = Text.assemble(
         (f"{message.sequence:>7} ", "bold"),
         (message.time.strftime("%H:%M:%S "), "dim"),
@@ -141,7 +142,6 @@ def _show(message: StoredMessage, settings: Settings, as_json: bool) -> int:
         describe(event),
     )
     console().print(line, soft_wrap=True)
-    return 1
 
 
 def describe(event: dict[str, Any]) -> str:

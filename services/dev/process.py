@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import subprocess
 import sys
@@ -23,6 +24,28 @@ STABLE_AFTER = 60.0
 def backoff(failures: int) -> float:
     """Seconds to wait before restart number ``failures`` (1-based)."""
     return float(min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_MAX))
+
+
+def _find_prctl() -> Any:
+    # Resolved once, in the parent: the forked child must not dlopen (another thread may hold
+    # the loader's lock at fork time); it only calls the function.
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the spawning thread ends (Linux ``PDEATHSIG``).
+
+    So a ``kill -9`` of the supervisor leaves no orphan service behind. Spawn from the main
+    thread only: the signal follows the spawning *thread*, not the process.
+    """
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def describe_exit(returncode: int) -> str:
@@ -71,6 +94,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.started_at = time.monotonic()
         self.restart_at = None

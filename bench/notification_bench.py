@@ -182,6 +182,9 @@ async def main(rates: list[int], seconds: float) -> None:
         )
         try:
             await asyncio.sleep(3.0)  # start-up: imports, schema, consumers
+            await _run_rate(
+                store, streams, receiver, rates[0], 2.0, servers.database_url
+            )  # warm-up
             print(
                 f"{'rate/s':>7} {'sent':>6} {'recv':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"
             )

@@ -57,11 +57,19 @@ async def serve(settings: Settings) -> None:
     await store.ensure_streams(
         settings.stream_replicas, timedelta(seconds=settings.duplicate_window_seconds)
     )
+    # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
+    # crash just means one more attempt with the same idempotency key (at-least-once holds): so
+    # no fsync wait before a POST. The projector's own connection keeps synchronous commits, as
+    # it acks the stream after them.
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url,
         min_size=2,
-        max_size=16,
-        kwargs={"autocommit": True, "prepare_threshold": None},
+        max_size=settings.webhook_concurrency + 8,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": None,
+            "options": "-c synchronous_commit=off",
+        },
         open=False,
     )
     await pool.open(wait=True)

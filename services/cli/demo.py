@@ -26,7 +26,8 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from contracts.errors import LedgerError
+from projections.ledger.verify import VerifyReport
+from projections.ledger.verify import verify as verify_ledger
 from projections.notifications.rebuild import verify as verify_notifications
 from services.cli import ledger as ledger_cli
 from services.cli.clients import connect
@@ -61,6 +62,7 @@ class DemoReport:
     result: ScenarioResult
     problems: list[str] = field(default_factory=list)
     rss_kib: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
     started_in: float = 0.0
     seconds: float = 0.0
     data_dir: Path | None = None
@@ -100,7 +102,7 @@ def run_demo(settings: Settings, out: Console, *, keep: bool = False) -> DemoRep
         _show_balances(out, result)
         _show_notifications(out, result)
         report.problems += _verify(out, system.settings)
-        report.rss_kib = system.rss()
+        report.rss_kib, report.pids = system.rss(), system.pids()
         _show_memory(out, report.rss_kib)
         failed = False
     finally:
@@ -169,15 +171,11 @@ def _show_notifications(out: Console, result: ScenarioResult) -> None:
 
 
 def _verify(out: Console, settings: Settings) -> list[str]:
-    """Run ``jetledger verify`` (ledger) and the notifications' independent fold."""
-    out.print("[bold]jetledger verify[/] — the ledger tables against an independent fold:")
-    problems: list[str] = []
-    try:
-        if ledger_cli.verify_ledger(argparse.Namespace(schema="ledger"), settings) != 0:
-            problems.append("jetledger verify found differences")
-    except LedgerError as exc:
-        problems.append(f"jetledger verify failed: {exc}")
-    differences = asyncio.run(_notification_differences(settings))
+    """``jetledger verify`` (the ledger) and the notifications' independent fold."""
+    out.print("[bold]jetledger verify[/] — the tables against independent folds of the stream:")
+    ledger, differences = asyncio.run(_folds(settings))
+    ledger_cli.render(ledger, out)
+    problems = [] if ledger.ok else [f"jetledger verify: {len(ledger.differences)} differences"]
     if differences:
         problems.append(f"notifications differ from their fold: {', '.join(differences[:5])}")
     else:
@@ -185,7 +183,7 @@ def _verify(out: Console, settings: Settings) -> list[str]:
     return problems
 
 
-async def _notification_differences(settings: Settings) -> list[str]:
+async def _folds(settings: Settings) -> tuple[VerifyReport, list[str]]:
     nc = await nats.connect(settings.nats_url, name="jetledger-demo", connect_timeout=5)
     js = nc.jetstream()
 
@@ -196,15 +194,17 @@ async def _notification_differences(settings: Settings) -> list[str]:
             yield batch
 
     try:
+        ledger = await verify_ledger(settings.database_url, js, settings.streams)
         conn: psycopg.AsyncConnection[Any]
         async with await psycopg.AsyncConnection.connect(
             settings.database_url, autocommit=True
         ) as conn:
-            return await verify_notifications(
+            notes = await verify_notifications(
                 conn, read, settings.streams, settings.notification_schema
             )
     finally:
         await nc.close()
+    return ledger, notes
 
 
 def _show_memory(out: Console, rss: dict[str, int]) -> None:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Final
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 from nats.js.client import JetStreamContext
@@ -82,7 +81,7 @@ async def ordered_replay(
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
                     if stop is None:
                         continue
                     break  # messages were pending but none came: start a new consumer
@@ -170,7 +169,7 @@ class DurableConsumer:
         """Return up to ``batch`` deliveries, waiting at most ``timeout`` s for the first one."""
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises its own or asyncio's, depending on where it waited
             return []
         except Exception as exc:
             raise translate(exc) from exc

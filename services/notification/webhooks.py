@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -111,7 +112,16 @@ class WebhookDispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Deliver forever: wake on new deliveries, sleep until the next one is due."""
+        """Deliver forever; a Postgres outage pauses delivery, it does not end it."""
+        while True:
+            try:
+                await self._loop()
+            except psycopg.Error as exc:
+                log.warning("webhook dispatcher waiting for Postgres", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+
+    async def _loop(self) -> None:
+        """Claim and send: wake on new deliveries, sleep until the next one is due."""
         while True:
             since = self.waker.generation
             free = self.config.concurrency - len(self._inflight)
@@ -122,12 +132,18 @@ class WebhookDispatcher:
             for item in claimed:
                 task = asyncio.create_task(self._deliver(item))
                 self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(self._done)
             if len(claimed) == free:
                 continue  # there may be more due: claim again as soon as a slot is free
             # Retries poke the waker when they schedule, so only an idle loop asks Postgres when
             # the next attempt is due.
             await self.waker.wait(since, 1.0 if claimed else await self._idle_wait())
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its row stays leased and comes back when the lease ends: logged, not lost.
+            log.error("webhook delivery crashed", extra={"error": repr(task.exception())})
 
     async def _idle_wait(self) -> float:
         async with self.pool.connection() as conn:
@@ -167,7 +183,7 @@ class WebhookDispatcher:
                 await response.read()  # drain, so the keep-alive connection can be reused
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except Exception as exc:  # any failure to get a 2xx is a failed attempt, counted
             error = f"{type(exc).__name__}: {exc}"[:300]
         fields = {
             "notification_id": item.notification_id,

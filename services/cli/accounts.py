@@ -114,7 +114,6 @@ def show_entries(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidArgument("--limit must be at least 1")
     found: list[pb.Entry] = []
     token = ""
-    reply = None
     with connect(settings) as clients:
         while len(found) < args.limit:
             reply = call(

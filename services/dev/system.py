@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -174,8 +175,6 @@ class DevSystem:
         )
 
     def _processes(self) -> list[tuple[str, int, int]]:
-        import signal
-
         found = [(s.name, s.pid, int(signal.SIGTERM)) for s in self.services.values() if s.pid]
         if self.nats and self.nats.pid:
             found.append(("nats", self.nats.pid, int(signal.SIGTERM)))

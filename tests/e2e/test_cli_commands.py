@@ -268,6 +268,10 @@ def test_notifications_list_and_watch(cli: Any, card: str, system: DevSystem) ->
             break
         time.sleep(0.2)
     assert code == 0 and "kiosk" in out, err
+    code, out, err = cli("notifications", "prefs", "--card", card)
+    assert code == 0 and json.loads(out)["effective_low_balance_percent"] == 10, err
+    code, _, err = cli("notifications", "deliveries", "--card", card)
+    assert code == 0, err
     # `watch` streams until interrupted: run it as a process and read its first line.
     env = {**os.environ, **client_env(system.settings)}
     with subprocess.Popen(

@@ -1,28 +1,45 @@
-"""``make demo`` in the suite: the same ``run_demo`` on its own NATS, Postgres and four service
+"""``make demo`` in the suite: ``jetledger demo`` on its own NATS, Postgres and four service
 processes, with the story's final balances and notification counts checked number by number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
+from typing import Any
 
 import pytest
-from rich.console import Console
 
+from services.cli import demo as demo_cli
 from services.cli.demo import DemoReport, run_demo
+from services.cli.main import main
 from services.cli.scenario import EXPECTED_OUTCOMES, EXPECTED_POSTED
 from services.dev.state import is_alive
-from services.settings import Settings
+from services.settings import ENV_PREFIX
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def demo() -> tuple[DemoReport, str]:
+    """``jetledger demo`` through ``main``, exactly as ``make demo`` runs it, with its report."""
+    reports: list[DemoReport] = []
+
+    def keep_report(*args: Any, **kwargs: Any) -> DemoReport:
+        reports.append(run_demo(*args, **kwargs))
+        return reports[-1]
+
     out = io.StringIO()
-    # Local servers in a temporary directory, free ports: exactly what `make demo` does.
-    report = run_demo(Settings(), Console(file=out, width=140, highlight=False))
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            patch.delenv(key)  # local servers in a temporary directory, free ports
+        patch.setenv("COLUMNS", "140")
+        patch.setattr(demo_cli, "run_demo", keep_report)
+        status = main(["demo"])
+    report = reports[0]
+    assert status == (0 if report.ok else 1)
     return report, out.getvalue()
 
 

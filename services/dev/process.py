@@ -39,13 +39,16 @@ _PRCTL = _find_prctl()
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the spawning thread ends (Linux ``PDEATHSIG``).
+    """In the child, before exec: SIGKILL when the spawning thread ends (Linux ``PDEATHSIG``).
 
-    So a ``kill -9`` of the supervisor leaves no orphan service behind. Spawn from the main
-    thread only: the signal follows the spawning *thread*, not the process.
+    So a ``kill -9`` of the supervisor leaves no orphan service behind. SIGKILL, not SIGTERM:
+    with the supervisor gone nobody would escalate a shutdown that hangs (a service whose NATS
+    and Postgres are stopping at the same moment can wait on them for ever), and the services
+    are built to survive a kill at any point. Spawn from the main thread only: the signal
+    follows the spawning *thread*, not the process.
     """
     if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        _PRCTL(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def describe_exit(returncode: int) -> str:

@@ -163,7 +163,8 @@ def test_dev_runs_supervises_stops_restarts_and_leaves_no_orphans(
                      "after-crash")  # fmt: skip
     assert again["replayed"] is True
 
-    # kill -9 of the supervisor: its children get SIGTERM from the kernel (PDEATHSIG).
+    # kill -9 of the supervisor: the kernel kills its services (PDEATHSIG); NATS and Postgres
+    # get SIGTERM the same way and exit once the services' connections are gone.
     second = set(dev.children().values())
     assert dev.signal(signal.SIGKILL) == -signal.SIGKILL
     assert gone(second), [pid for pid in second if is_alive(pid)]

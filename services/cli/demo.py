@@ -33,7 +33,7 @@ from services.cli import ledger as ledger_cli
 from services.cli.clients import connect
 from services.cli.output import money, position
 from services.cli.scenario import ScenarioResult, check, run_scenario
-from services.dev import DevSystem, with_free_ports
+from services.dev import SERVICES, DevSystem, with_free_ports
 from services.notification.jetstream import StoredMessage, replay
 from services.settings import Settings
 
@@ -123,10 +123,10 @@ def run_demo(settings: Settings, out: Console, *, keep: bool = False) -> DemoRep
 
 def _show_system(out: Console, system: DevSystem, seconds: float) -> None:
     s = system.settings
+    ports = ", ".join(f"{name} :{getattr(s, f'{name}_port')}" for name in SERVICES)
     out.print(
-        f"System up in {seconds:.1f}s: card, transaction, ledger and notification services on"
-        f" {s.host}:{s.card_port}…{s.notification_port}, NATS {s.nats_url} (stream {s.stream},"
-        f" sync_interval always), Postgres {s.database_url}\n"
+        f"System up in {seconds:.1f}s — gRPC services {ports} on {s.host}; NATS {s.nats_url}"
+        f" (stream {s.stream}, sync_interval: always); Postgres {s.database_url}\n"
     )
 
 
@@ -209,4 +209,4 @@ async def _folds(settings: Settings) -> tuple[VerifyReport, list[str]]:
 
 def _show_memory(out: Console, rss: dict[str, int]) -> None:
     parts = [f"{name} {kib / 1024:.0f} MB" for name, kib in rss.items()]
-    out.print(f"\nResident memory after the story: {' · '.join(parts)}")
+    out.print(f"\nResident memory after the story: {' · '.join(parts)} (Postgres: the postmaster)")

@@ -89,6 +89,14 @@ def cmdline_of(pid: int) -> list[str] | None:
 
 def is_alive(pid: int) -> bool:
     """Tell whether a process exists and is not a zombie."""
+    if not Path("/proc/self").exists():  # not Linux: existence is all we can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:

@@ -61,6 +61,7 @@ class _Signals:
         self.stop.set()
 
     def install(self) -> None:
+        """Handle SIGINT and SIGTERM here, remembering the handlers they replace."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self)
 

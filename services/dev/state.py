@@ -191,6 +191,7 @@ class DataDir:
         self.env_file.unlink(missing_ok=True)
 
     def read_server_ports(self) -> ServerPorts:
+        """The NATS and Postgres ports of the last run (zeros when unknown)."""
         with contextlib.suppress(OSError, msgspec.DecodeError):
             return msgspec.json.decode(
                 (self.root / SERVER_PORTS_FILE).read_bytes(), type=ServerPorts
@@ -198,6 +199,7 @@ class DataDir:
         return ServerPorts()
 
     def write_server_ports(self, ports: ServerPorts) -> None:
+        """Remember this run's NATS and Postgres ports for the next one."""
         (self.root / SERVER_PORTS_FILE).write_bytes(msgspec.json.encode(ports))
 
     def reap_leftovers(self) -> list[Child]:

@@ -11,8 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -40,6 +41,8 @@ def dev_env(data_dir: Path) -> dict[str, str]:
 class Dev:
     """One ``jetledger dev`` process and its output."""
 
+    started: ClassVar[list[Dev]] = []  # stopped by the ``no_leftovers`` fixture, pass or fail
+
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,6 +53,7 @@ class Dev:
             self.proc = subprocess.Popen(
                 [JETLEDGER, "dev"], env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
+        Dev.started.append(self)
         self.wait_for("jetledger dev is up", 90)
         return self
 
@@ -80,6 +84,21 @@ def gone(pids: set[int], within: float = 15) -> bool:
     while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not any(is_alive(pid) for pid in pids)
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """Stop every ``jetledger dev`` a test started, even when it failed half-way."""
+    yield
+    while Dev.started:
+        dev = Dev.started.pop()
+        if dev.proc is not None and dev.proc.poll() is None:
+            dev.proc.send_signal(signal.SIGTERM)
+            try:
+                dev.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                dev.proc.kill()  # its services follow it (PDEATHSIG)
+                dev.proc.wait(10)
 
 
 @pytest.fixture

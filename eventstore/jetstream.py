@@ -286,6 +286,31 @@ class EventStore:
             raise StoreUnavailable(f"no direct-get responder for stream {stream}")
         raise StoreError(f"direct get of {subject} on {stream} failed with status {status}")
 
+    async def next_sequence(
+        self, subject_filter: str, after: int, *, stream: str | None = None
+    ) -> int | None:
+        """Return the sequence of the first message under a filter after ``after``, or None.
+
+        Read-your-writes uses it: a projection at position P covers sequence N when no message it
+        consumes lies in (P, N], even though N itself (a command's marker) is not one of them.
+        """
+        stream = stream or self.names.source
+        request = _json.encode({"seq": after + 1, "next_by_subj": subject_filter})
+        try:
+            reply = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.timeout
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        status = reply.headers.get(h.STATUS) if reply.headers else None
+        if status is None:
+            return stored_from_direct(reply).sequence
+        if status == "404":
+            return None
+        if status == "503":
+            raise StoreUnavailable(f"no direct-get responder for stream {stream}")
+        raise StoreError(f"direct get after {after} on {stream} failed with status {status}")
+
     async def last_sequence(self, stream: str | None = None) -> int:
         """Return the last sequence of a stream (0 when empty)."""
         info = await self._stream_info(stream or self.names.source, {})

@@ -128,13 +128,29 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         self.max_wait = max_wait
 
     async def _wait_for(self, sequence: int) -> None:
-        """Read-your-writes: wait (bounded) until the projection applied ``sequence``."""
+        """Read-your-writes: wait (bounded) until the projection covers ``sequence``.
+
+        A command's position is usually its outcome marker, which this projection never reads:
+        the position is covered once nothing the projection consumes lies between the two.
+        """
         deadline = time.monotonic() + self.max_wait
+        store = self.commands.store
+        subjects = store.names.subjects
         while sequence:
             since = self.waker.generation
             async with self.pool.connection() as conn:
                 applied = (await queries.tracked(conn, self.schema)).get(self.source_stream, 0)
             if applied >= sequence:
+                return
+            upcoming = [
+                await store.next_sequence(subject_filter, applied, stream=self.source_stream)
+                for subject_filter in (subjects.all_cards, subjects.all_notify)
+            ]
+            if all(seq is None or seq > sequence for seq in upcoming):
+                if sequence > await store.last_sequence(self.source_stream):
+                    raise InvalidArgument(
+                        f"min_stream_sequence {sequence} is beyond the end of the stream"
+                    )
                 return
             if time.monotonic() >= deadline:
                 raise Unavailable(f"projection at {applied}, not yet at {sequence}; retry")

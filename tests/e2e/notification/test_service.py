@@ -315,3 +315,34 @@ async def test_a_poison_event_stops_the_projector_loudly(
         finally:
             service.stop()
         assert service.proc is not None and service.proc.returncode == 0  # graceful SIGTERM
+
+
+async def test_read_your_writes_at_a_command_marker_position(
+    nats_url: str, database_url: str, streams: StreamNames, tmp_path: Path
+) -> None:
+    """A command answers with its marker's position, which this projection never reads."""
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        service = ServiceProcess(nats_url, db, streams, tmp_path / "service.log").start()
+        try:
+            await service.serving()
+            card = Events("c-ryw")
+            await append(js, streams, card.issue(), card.fund(5_000))
+            marker = await js.publish(streams.subjects.command_marker("fund-1"), b"{}")
+            async with grpc.aio.insecure_channel(service.target) as channel:
+                stub = pb_grpc.NotificationServiceStub(channel)
+                started = time.monotonic()
+                page = await stub.ListNotifications(
+                    pb.ListNotificationsRequest(card_id="c-ryw", min_stream_sequence=marker.seq),
+                    timeout=8,
+                )
+                assert time.monotonic() - started < 5.0, "waited for a position nobody will fill"
+                assert [n.kind for n in page.notifications] == [pb.NOTIFICATION_KIND_FUNDING]
+                with pytest.raises(grpc.aio.AioRpcError) as beyond:
+                    await stub.ListNotifications(
+                        pb.ListNotificationsRequest(min_stream_sequence=marker.seq + 100), timeout=8
+                    )
+                assert beyond.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            service.stop()

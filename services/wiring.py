@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,6 +13,9 @@ from nats.aio.client import Client as NATS
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
 from services.settings import Settings
+
+log = logging.getLogger("jetledger.nats")
+FIRST_CONNECT_DEADLINE = 20.0  # seconds; a supervisor (k8s, `jetledger dev`) restarts us after it
 
 
 @dataclass
@@ -34,15 +39,26 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
         raise InvalidArgument(
             "JETLEDGER_NATS_URL is required (`jetledger dev` starts a local NATS)"
         )
+
+    async def report(exc: Exception) -> None:
+        log.warning("nats: %s", exc or type(exc).__name__)
+
     try:
-        nc = await nats.connect(
-            settings.nats_url,
-            name=f"jetledger-{name}",
-            max_reconnect_attempts=-1,
-            connect_timeout=5,
+        # Reconnect forever once connected (a NATS restart must not kill the service), but give the
+        # first connection a deadline so a wrong URL is a clear error, not an endless retry.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                settings.nats_url,
+                name=f"jetledger-{name}",
+                max_reconnect_attempts=-1,
+                connect_timeout=2,
+                error_cb=report,
+            ),
+            timeout=FIRST_CONNECT_DEADLINE,
         )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        reason = str(exc) or "timed out"
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {reason}") from exc
     store = EventStore(nc, settings.streams)
     await store.ensure_streams(
         replicas=settings.stream_replicas,

@@ -20,6 +20,7 @@ from contracts.errors import (
     NotFound,
     Unavailable,
 )
+from services.dev.state import running_settings
 from services.settings import Settings
 
 
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        settings = Settings.from_env()
+        # Commands that need NATS/Postgres find a running `jetledger dev` when no URL is set.
+        settings = running_settings(Settings.from_env())
         status: int = handler(args, settings)
     except LedgerError as exc:
         print(f"jetledger: error: {exc}", file=sys.stderr)

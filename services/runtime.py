@@ -23,6 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.settings import Settings
+
 log = logging.getLogger("jetledger")
 
 
@@ -157,3 +159,16 @@ async def wait_for_shutdown_signal() -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime]]) -> None:
+    """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
+    settings = Settings.from_env()
+    setup_logging(service, settings.log_format, settings.log_level)
+
+    async def serve() -> None:
+        runtime = await start(settings)
+        await wait_for_shutdown_signal()
+        await runtime.stop()
+
+    asyncio.run(serve())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
@@ -10,13 +9,7 @@ from prometheus_client import CollectorRegistry
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from services.card.servicer import CardServicer
 from services.intake import CommandHandler, IntakeMetrics
-from services.runtime import (
-    GrpcService,
-    Runtime,
-    setup_logging,
-    start_grpc,
-    wait_for_shutdown_signal,
-)
+from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
 from services.settings import Settings
 from services.wiring import connect_store
 
@@ -48,18 +41,9 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
     return runtime
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    runtime = await start(settings)
-    await wait_for_shutdown_signal()
-    await runtime.stop()
-
-
 def main() -> None:
     """Run the card service with settings from the environment."""
-    settings = Settings.from_env()
-    setup_logging("card", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    run_until_signal("card", start)
 
 
 if __name__ == "__main__":

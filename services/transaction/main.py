@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
 
 from jetledger.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.intake import CommandHandler, IntakeMetrics
-from services.runtime import (
-    GrpcService,
-    Runtime,
-    setup_logging,
-    start_grpc,
-    wait_for_shutdown_signal,
-)
+from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
 from services.settings import Settings
 from services.transaction.cardlookup import CardLookup
 from services.transaction.servicer import TransactionServicer
@@ -68,18 +61,9 @@ async def start(
     return runtime
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    runtime = await start(settings)
-    await wait_for_shutdown_signal()
-    await runtime.stop()
-
-
 def main() -> None:
     """Run the transaction service with settings from the environment."""
-    settings = Settings.from_env()
-    setup_logging("transaction", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    run_until_signal("transaction", start)
 
 
 if __name__ == "__main__":

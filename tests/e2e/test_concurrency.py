@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -87,8 +88,12 @@ async def test_two_intake_processes_never_overdraw_one_card(
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
+        codes = []
         for proc in procs:
             try:
-                proc.wait(10)
-            except Exception:
+                codes.append(proc.wait(15))
+            except subprocess.TimeoutExpired:
                 proc.kill()
+                codes.append(None)
+    # SIGTERM is a graceful shutdown: NOT_SERVING, drain, close, exit 0.
+    assert codes == [0, 0, 0], codes

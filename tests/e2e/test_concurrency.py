@@ -88,7 +88,7 @@ async def test_two_intake_processes_never_overdraw_one_card(
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        codes = []
+        codes: list[int | None] = []
         for proc in procs:
             try:
                 codes.append(proc.wait(15))

@@ -8,6 +8,9 @@ rather than by truncating anything.
 from __future__ import annotations
 
 import os
+
+# Before anything imports grpc: children are spawned while gRPC is live (see services/__init__.py).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path

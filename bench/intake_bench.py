@@ -127,7 +127,12 @@ async def _batched(
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="jetledger-bench-") as tmp:
         nats_server = LocalNats(store_dir=Path(tmp) / "nats").start()
-        settings = Settings(nats_url=nats_server.url, log_format="console", log_level="WARNING")
+        settings = Settings(
+            nats_url=nats_server.url,
+            log_format="console",
+            log_level="WARNING",
+            writer_max_inflight=args.inflight,
+        )
         card_port, tx_port = free_port(), free_port()
         procs = [
             spawn_service(
@@ -203,6 +208,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--raw", type=int, default=2000)
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=Settings().writer_max_inflight,
+        help="atomic batches in flight",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -8,8 +8,9 @@ marker subject after its events (as the intake appends them), so positions look 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from hypothesis import strategies as st
 
@@ -36,6 +37,7 @@ from commands import (
 )
 from contracts.errors import LedgerError
 from contracts.events import SourceEvent
+from services.intake import CommandHandler
 from tests.ledgerkit import T0
 
 CARDS = ("a", "b", "c")
@@ -164,3 +166,46 @@ def _decide(run: Run, card: str, command: Command, now: object) -> None:
         run.appended.append((event, ""))
     run.appended.append((None, command.command_id))  # the outcome marker comes after the events
     run.states[card] = state
+
+
+async def run_ops_through_intake(
+    history: list[tuple[str, str, int, int]], handler: CommandHandler, clock: list[datetime]
+) -> dict[str, CardState]:
+    """Submit every op through the real intake (compare-and-set, markers, group commit).
+
+    ``clock`` is the handler's clock, a one-element list this moves forward. Returns the intake's
+    own final state of each card (folded from the stream with the sequences it appended at).
+    """
+    clock[0] = T0
+    for card in CARDS:
+        await _submit(handler, _issue(card))
+    for n, (kind, card, amount, pick) in enumerate(history):
+        clock[0] += timedelta(seconds=1)
+        state = await handler.cards.current(card)
+        if kind == "expire":
+            if not state.holds:
+                continue
+            auth = sorted(state.holds)[pick % len(state.holds)]
+            clock[0] = max(clock[0], state.holds[auth].expires_at + timedelta(seconds=1))
+            command: Command | None = ExpireAuthorization(
+                command_id=sweeper_command_id(auth), card_id=card, authorization_id=auth
+            )
+        else:
+            command = _command(kind, card, amount, pick, state, n)
+        if command is not None:
+            await _submit(handler, command)
+    return {card: await handler.cards.current(card) for card in CARDS}
+
+
+def _issue(card: str) -> IssueCard:
+    return IssueCard(
+        command_id=f"issue{card}", card_id=card, cardholder_name="Holder",
+        card_type="credit" if card == "b" else "debit", currency=CURRENCY[card], last4="1234",
+        credit_limit=3_000 if card == "b" else 0,
+    )  # fmt: skip
+
+
+async def _submit(handler: CommandHandler, command: Command) -> None:
+    # Invalid for this state (e.g. a limit on a debit card): refused, nothing is appended.
+    with contextlib.suppress(LedgerError):
+        await handler.handle(command)

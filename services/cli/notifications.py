@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import nats
 import psycopg
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, MessageToJson
 from rich.console import Console
 from rich.table import Table
 
@@ -64,7 +64,19 @@ def register(subparsers: Subparsers) -> None:
     )
     rebuild_cmd.set_defaults(handler=replay_notifications)
     area = subparsers.add_parser("notifications", help="list, watch and configure notifications")
-    sub = area.add_subparsers(dest="action", metavar="ACTION", required=True)
+    # `jetledger notifications [--watch] [--json]` (no action) lists, or with --watch follows.
+    area.add_argument("--watch", action="store_true", help="follow new notifications live")
+    area.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    area.add_argument("--card", default="", help="one card (default: every card)")
+    area.set_defaults(
+        handler=_list_or_watch,
+        kind=[],
+        limit=50,
+        newest_first=False,
+        cursor="",
+        from_now=False,
+    )
+    sub = area.add_subparsers(dest="action", metavar="ACTION")
     sub.add_parser("verify", help="compare live rows with an independent fold").set_defaults(
         handler=verify_notifications
     )
@@ -73,6 +85,7 @@ def register(subparsers: Subparsers) -> None:
     listing.add_argument("--kind", action="append", default=[], choices=ALL_KINDS)
     listing.add_argument("--limit", type=int, default=50, help="how many to show")
     listing.add_argument("--newest-first", action="store_true")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     listing.set_defaults(handler=list_notifications)
     watch = sub.add_parser("watch", help="stream notifications as JSON lines")
     watch.add_argument("--card", default="")
@@ -212,6 +225,10 @@ def list_notifications(args: argparse.Namespace, settings: Settings) -> int:
         token = page.next_page_token
         if not token:
             break
+    if getattr(args, "json", False):
+        for n in rows:
+            print(MessageToJson(n, indent=None, preserving_proto_field_name=True))
+        return 0
     table = Table("when", "card", "kind", "message", "amount")
     for n in rows:
         amount = format_minor(n.amount, n.currency) if n.currency else ""
@@ -219,6 +236,13 @@ def list_notifications(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(n.occurred_at.ToJsonString(), n.card_id, kind, n.message, amount)
     Console().print(table)
     return 0
+
+
+def _list_or_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """``notifications`` with no action: list, or follow with ``--watch``."""
+    if args.watch:
+        return watch_notifications(args, settings)
+    return list_notifications(args, settings)
 
 
 def watch_notifications(args: argparse.Namespace, settings: Settings) -> int:

@@ -268,6 +268,9 @@ def test_notifications_list_and_watch(cli: Any, card: str, system: DevSystem) ->
             break
         time.sleep(0.2)
     assert code == 0 and "kiosk" in out, err
+    code, out, err = cli("notifications", "--card", card, "--json")  # the short form
+    assert code == 0, err
+    assert any(json.loads(line)["card_id"] == card for line in out.splitlines()), out
     code, out, err = cli("notifications", "prefs", "--card", card)
     assert code == 0 and json.loads(out)["effective_low_balance_percent"] == 10, err
     code, _, err = cli("notifications", "deliveries", "--card", card)
@@ -276,7 +279,7 @@ def test_notifications_list_and_watch(cli: Any, card: str, system: DevSystem) ->
     env = {**os.environ, **client_env(system.settings)}
     with subprocess.Popen(
         [sys.executable, "-c", "from services.cli.main import run; run()",
-         "notifications", "watch", "--card", card],
+         "notifications", "--watch", "--card", card],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     ) as watcher:  # fmt: skip
         try:

@@ -193,27 +193,47 @@ class Model:
         h = card.holds.get(cmd.authorization_id) if card else None
         return h.amount - h.captured if h else None
 
+    def legs(self, cmd: Command) -> Counter[tuple[str, str]]:
+        """The money an accepted ``cmd`` moves, by (account, currency); empty for no money."""
+        card = self.cards.get(cmd.card_id)
+        moves: Counter[tuple[str, str]] = Counter()
+        if card is None:
+            return moves
+
+        def move(other: str, amount: int) -> None:
+            moves[(f"card-{cmd.card_id}", card.currency)] += amount
+            moves[(other, card.currency)] -= amount
+
+        match cmd:
+            case FundCard():
+                move("house-funding", cmd.amount)
+            case AdjustBalance():
+                move("house-adjustments", cmd.amount)
+            case CreateTransaction():
+                move(f"merchant-{cmd.merchant_id}", -cmd.amount)
+            case CaptureTransaction():
+                move(f"merchant-{card.holds[cmd.authorization_id].merchant}", -cmd.amount)
+            case RefundTransaction():
+                move(f"merchant-{card.posted[cmd.original_transaction_id][2]}", cmd.amount)
+        return moves
+
     def apply(self, cmd: Command, now: datetime) -> None:
         """Change the model as an accepted ``cmd`` does."""
         if isinstance(cmd, IssueCard):
             self.cards[cmd.card_id] = MCard(cmd.card_type, cmd.currency, cmd.credit_limit)
             return
         card = self.cards[cmd.card_id]
-        me = f"card-{cmd.card_id}"
+        moves = self.legs(cmd)
+        self.accounts.update(moves)
+        card.balance += moves[(f"card-{cmd.card_id}", card.currency)]
         match cmd:
-            case FundCard():
-                self._move(card, me, "house-funding", cmd.amount)
-            case AdjustBalance():
-                self._move(card, me, "house-adjustments", cmd.amount)
             case CreateTransaction():
-                self._move(card, me, f"merchant-{cmd.merchant_id}", -cmd.amount)
                 card.posted[cmd.command_id] = [cmd.amount, 0, cmd.merchant_id]
             case AuthorizeTransaction():
                 assert cmd.expires_at is not None
                 card.holds[cmd.command_id] = MHold(cmd.amount, cmd.merchant_id, cmd.expires_at)
             case CaptureTransaction():
                 h = card.holds[cmd.authorization_id]
-                self._move(card, me, f"merchant-{h.merchant}", -cmd.amount)
                 card.posted[cmd.command_id] = [cmd.amount, 0, h.merchant]
                 h.captured += cmd.amount
                 if h.captured == h.amount:
@@ -223,9 +243,7 @@ class Model:
             case ExpireAuthorization():
                 card.holds[cmd.authorization_id].state = "expired"
             case RefundTransaction():
-                p = card.posted[cmd.original_transaction_id]
-                self._move(card, me, f"merchant-{p[2]}", cmd.amount)
-                p[1] += cmd.amount
+                card.posted[cmd.original_transaction_id][1] += cmd.amount
             case FreezeCard():
                 card.status = "frozen"
             case UnfreezeCard():
@@ -235,10 +253,16 @@ class Model:
             case CloseCard():
                 card.status = "closed"
 
-    def _move(self, card: MCard, me: str, other: str, amount: int) -> None:
-        card.balance += amount
-        self.accounts[(me, card.currency)] += amount
-        self.accounts[(other, card.currency)] -= amount
+    def check_accepted(self, cmd: Command, decision: Decision) -> None:
+        """Compare an accepted decision's money and releases with what the model expects."""
+        actual: Counter[tuple[str, str]] = Counter()
+        for event in decision.events:
+            for leg in getattr(event, "legs", ()):
+                actual[(leg.account_id, leg.currency)] += leg.amount
+        assert _nonzero(actual) == _nonzero(self.legs(cmd)), cmd
+        releases = self.releases(cmd)
+        if releases is not None:
+            assert [getattr(e, "released", None) for e in decision.events] == [releases]
 
 
 def _payload(cmd: Command) -> Command:
@@ -289,12 +313,11 @@ class LedgerMachine(RuleBasedStateMachine):
         expected = self.model.expect(cmd, self.now)
         replay = cmd.command_id in self.model.recorded
         count = sum(len(events) for events in self.events.values())
-        releases = self.model.releases(cmd)
         try:
             decision = self.submit(cmd)
             actual: Expected = (decision.outcome, decision.reason)
-            if actual == ("accepted", "") and not replay and releases is not None:
-                assert [getattr(e, "released", None) for e in decision.events] == [releases]
+            if actual == ("accepted", "") and not replay:
+                self.model.check_accepted(cmd, decision)
         except LedgerError as exc:
             actual = ("error", type(exc).__name__)
         assert actual == expected, (cmd, self.now)
@@ -342,16 +365,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # -- rules --
 
-    @initialize(kinds=st.lists(st.sampled_from(["debit", "credit", "prepaid"]), min_size=2,
-                               max_size=2),
-                currency=currencies, limit=st.integers(0, 2000), funds=st.integers(0, 3000))  # fmt: skip
-    def open_cards(self, kinds: list[str], currency: str, limit: int, funds: int) -> None:
+    @initialize(kind=st.sampled_from(["debit", "credit", "prepaid"]), currency=currencies,
+                limit=st.integers(0, 2000), funds=st.integers(1, 3000))  # fmt: skip
+    def open_cards(self, kind: str, currency: str, limit: int, funds: int) -> None:
         # Two cards exist from the start (c3 only if a rule issues it), so most steps reach the
-        # rules rather than NotFound.
-        for card, kind in zip(CARDS, kinds, strict=False):
-            self.issue(card, kind, currency, limit)
-            if funds:
-                self.fund(card, funds, "")
+        # rules rather than NotFound: c1 with funds, c2 a credit card living on its limit (so
+        # pending often exceeds posted, where limit cuts and closing have their edges).
+        self.issue("c1", kind, currency, limit if kind == "credit" else 0)
+        self.fund("c1", funds, "")
+        self.issue("c2", "credit", currency, 100 + limit)
 
     # Steps equal to hold lifetimes, so holds are often seen exactly at their expiry (inclusive).
     @rule(seconds=st.sampled_from([0, 1, 60, 600, 3600]) | st.integers(0, 3600))
@@ -578,12 +600,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 except LedgerError as exc:
                     actual = ("error", type(exc).__name__)
                 assert actual == expected, (cmd, self.now)
-                if actual[0] == "accepted" and isinstance(
-                    cmd, VoidTransaction | ExpireAuthorization
-                ):
-                    assert [getattr(e, "released", None) for e in decision.events] == [
-                        self.model.releases(cmd)
-                    ]
+                if actual[0] == "accepted":
+                    self.model.check_accepted(cmd, decision)
 
     def probes(self, card: str, known: MCard) -> list[Command]:
         ids = (f"probe-{n}" for n in range(10**6))  # never recorded: decided fresh

@@ -155,9 +155,9 @@ def close() -> CloseCard:
     return CloseCard(command_id=_id(), card_id=CARD)
 
 
-def balances(*states_and_decisions: Decision) -> Counter[tuple[str, str]]:
+def balances(*decisions: Decision) -> Counter[tuple[str, str]]:
     totals: Counter[tuple[str, str]] = Counter()
-    for decision in states_and_decisions:
+    for decision in decisions:
         for event in decision.events:
             for leg in getattr(event, "legs", ()):
                 totals[(leg.account_id, leg.currency)] += leg.amount
@@ -486,3 +486,23 @@ def test_transaction_ids_are_unique_per_card() -> None:
     state = ok(ok(issue(), fund(100)), hold(1, auth_id="a-1"))
     with pytest.raises(AlreadyExists):
         decide(state, hold(1, auth_id="a-1"), T0)
+
+
+def test_issuing_records_the_card_for_lookups_and_never_a_pan() -> None:
+    state = issue("credit", limit=500, currency="EUR")
+    assert (state.exists, state.status, state.card_type, state.currency) == (
+        True,
+        "active",
+        "credit",
+        "EUR",
+    )
+    assert (state.account_id, state.credit_limit, state.last4) == ("card-card-1", 500, "4242")
+    assert state.cardholder_name == "Ada"
+
+
+def test_a_card_state_survives_a_snapshot() -> None:
+    # The shell may snapshot states to skip replaying long histories: the state must round-trip.
+    state = ok(ok(ok(issue(), fund(100)), hold(30, auth_id="a-1")), buy(20))
+    state = ok(ok(state, capture("a-1", 10)), void("a-1"))
+    encoded = msgspec.json.encode(state)
+    assert msgspec.json.decode(encoded, type=CardState) == state

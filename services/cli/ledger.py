@@ -6,7 +6,7 @@
 - ``verify`` folds the stream independently and compares per-account balances and entry checksums
   with the live tables; exit status 1 and a table of differences when they disagree.
 
-Other areas can add their own ``replay <projection>`` with ``replay_subparsers(subparsers)``.
+Other areas add their own ``replay <projection>`` with ``services.cli.parsing.replay_subparsers``.
 """
 
 from __future__ import annotations
@@ -34,26 +34,11 @@ from projections.ledger.migrate import apply_migrations
 from projections.ledger.rebuild import Progress as RebuildProgress
 from projections.ledger.rebuild import Rebuild
 from projections.ledger.verify import VerifyReport, verify
+from services.cli.parsing import replay_subparsers
 from services.settings import Settings
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-def replay_subparsers(subparsers: Subparsers) -> Subparsers:
-    """Return the ``replay`` command's projection sub-commands, creating ``replay`` if needed."""
-    existing = subparsers.choices.get("replay")
-    if existing is None:
-        existing = subparsers.add_parser(
-            "replay", help="rebuild a projection from the stream and swap it in"
-        )
-        existing.set_defaults(
-            _replay_projections=existing.add_subparsers(
-                dest="projection", metavar="PROJECTION", required=True
-            )
-        )
-    found: Subparsers = existing.get_default("_replay_projections")
-    return found
 
 
 def register(subparsers: Subparsers) -> None:

@@ -32,6 +32,7 @@ from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
 from projections.notifications.core import ALL_KINDS
 from projections.notifications.rebuild import rebuild, verify
 from projections.notifications.schema import create_schemas
+from services.cli.parsing import replay_subparsers
 from services.grpc_errors import error_from_rpc
 from services.notification.grpc_api import kind_to_pb
 from services.notification.jetstream import StoredMessage, replay
@@ -41,25 +42,9 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def _replay_subparsers(subparsers: Subparsers) -> Subparsers:
-    """The ``replay`` command's projections (shared with other areas; created if missing)."""
-    existing = subparsers.choices.get("replay")
-    if existing is None:
-        existing = subparsers.add_parser(
-            "replay", help="rebuild a projection from the stream and swap it in"
-        )
-        existing.set_defaults(
-            _replay_projections=existing.add_subparsers(
-                dest="projection", metavar="PROJECTION", required=True
-            )
-        )
-    found: Subparsers = existing.get_default("_replay_projections")
-    return found
-
-
 def register(subparsers: Subparsers) -> None:
     """Add ``replay notifications`` and the ``notifications`` commands."""
-    rebuild_cmd = _replay_subparsers(subparsers).add_parser(
+    rebuild_cmd = replay_subparsers(subparsers).add_parser(
         "notifications", help="rebuild the notification projection (never re-sends a webhook)"
     )
     rebuild_cmd.set_defaults(handler=replay_notifications)

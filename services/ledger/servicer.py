@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final
 
 import grpc
 import nats.errors
@@ -30,10 +29,6 @@ from projections.ledger import queries
 from projections.ledger.source import last_sequence, next_matching_sequence
 from services.grpc_errors import translate_errors
 from services.ledger import convert
-
-_M = TypeVar("_M")
-# translate_errors types ``self`` as ``object``; this keeps the decorated methods' own signatures.
-translated: Callable[[_M], _M] = cast(Any, translate_errors)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["LedgerService"].full_name
 MAX_PAGE: Final = 1000
@@ -57,7 +52,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._streams = streams
         self._max_wait = max_wait
 
-    @translated
+    @translate_errors
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: Context
     ) -> pb.GetBalanceResponse:
@@ -78,7 +73,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             position=convert.position(self._streams.source, pos),
         )
 
-    @translated
+    @translate_errors
     async def ListEntries(
         self, request: pb.ListEntriesRequest, context: Context
     ) -> pb.ListEntriesResponse:
@@ -101,7 +96,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             position=convert.position(self._streams.source, pos),
         )
 
-    @translated
+    @translate_errors
     async def GetTransaction(
         self, request: pb.GetTransactionRequest, context: Context
     ) -> pb.GetTransactionResponse:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -31,10 +31,6 @@ from services.grpc_errors import status_for, translate_errors
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import CommandResult, PreferenceCommands
 from services.notification.wakeup import Waker
-
-_M = TypeVar("_M", bound=Callable[..., Any])
-# translate_errors types ``self`` as ``object``; this keeps the decorated methods' own signatures.
-translated: Callable[[_M], _M] = cast(Any, translate_errors)
 
 SERVICE_NAME: Final = "jetledger.notification.v1.NotificationService"
 MAX_PAGE: Final = 1000
@@ -156,7 +152,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
                 raise Unavailable(f"projection at {applied}, not yet at {sequence}; retry")
             await self.waker.wait(since, min(0.5, deadline - time.monotonic()))
 
-    @translated
+    @translate_errors
     async def ListNotifications(
         self, request: pb.ListNotificationsRequest, context: Any
     ) -> pb.ListNotificationsResponse:
@@ -215,7 +211,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         finally:
             self.metrics.watchers.dec()
 
-    @translated
+    @translate_errors
     async def SetPreferences(
         self, request: pb.SetPreferencesRequest, context: Any
     ) -> pb.SetPreferencesResponse:
@@ -228,7 +224,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         )
         return pb.SetPreferencesResponse(result=_result(result))
 
-    @translated
+    @translate_errors
     async def GetPreferences(
         self, request: pb.GetPreferencesRequest, context: Any
     ) -> pb.GetPreferencesResponse:
@@ -263,7 +259,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
             effective_low_balance_percent=in_force.low_balance_percent,
         )
 
-    @translated
+    @translate_errors
     async def SetWebhookEndpoint(
         self, request: pb.SetWebhookEndpointRequest, context: Any
     ) -> pb.SetWebhookEndpointResponse:
@@ -272,7 +268,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         )
         return pb.SetWebhookEndpointResponse(result=_result(result), generated_secret=generated)
 
-    @translated
+    @translate_errors
     async def RemoveWebhookEndpoint(
         self, request: pb.RemoveWebhookEndpointRequest, context: Any
     ) -> pb.RemoveWebhookEndpointResponse:
@@ -281,7 +277,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         )
         return pb.RemoveWebhookEndpointResponse(result=_result(result))
 
-    @translated
+    @translate_errors
     async def ListDeliveries(
         self, request: pb.ListDeliveriesRequest, context: Any
     ) -> pb.ListDeliveriesResponse:

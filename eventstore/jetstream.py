@@ -9,7 +9,7 @@ projections use consumers (``eventstore.consumers``).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -354,7 +354,7 @@ class EventStore:
         follow: bool = False,
         stream: str | None = None,
         batch: int = 500,
-    ) -> AsyncIterator[StoredMessage]:
+    ) -> AsyncGenerator[StoredMessage, None]:
         """Yield messages in stream order from a sequence, up to the last one now (or forever)."""
         stream = stream or self.names.source
         stop = None if follow else await self.last_sequence(stream)

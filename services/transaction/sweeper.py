@@ -70,11 +70,18 @@ class HoldSweeper:
     async def sweep(self) -> int:
         """Read new holds, expire the due ones; return how many expiries were recorded."""
         filter_ = f"{self._subjects.prefix}card.*.{TransactionAuthorized.subject_suffix}"
-        async for message in self._store.replay(self._next_sequence, [filter_]):
-            event = decode_event(message.data)
-            assert isinstance(event, TransactionAuthorized)
-            heapq.heappush(self._due, (event.expires_at, event.card_id, event.command_id))
-            self._next_sequence = message.sequence + 1
+        # Read only what was appended since the last sweep, not since the last hold.
+        end = await self._store.last_sequence()
+        if end >= self._next_sequence:
+            replay = self._store.replay(self._next_sequence, [filter_])
+            async with contextlib.aclosing(replay) as messages:
+                async for message in messages:
+                    if message.sequence > end:
+                        break  # appended after we looked: the next sweep reads it
+                    event = decode_event(message.data)
+                    assert isinstance(event, TransactionAuthorized)
+                    heapq.heappush(self._due, (event.expires_at, event.card_id, event.command_id))
+            self._next_sequence = end + 1
         now = self._clock()
         recorded = 0
         while self._due and self._due[0][0] <= now:

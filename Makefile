@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTO_ROOT := contracts/proto
 GEN := contracts/gen
+BUILD_IN := requirements/build.in
+RUNTIME_LOCK := requirements/runtime.txt
+DEV_LOCK := requirements/dev.txt
 
-.PHONY: demo test lint typecheck protolint unit proto schema bench clean install
+.PHONY: demo test lint typecheck protolint unit proto schema bench clean install lock upgrade
 
 demo: $(STAMP)
 	$(BIN)/jetledger demo
@@ -17,11 +20,25 @@ test: $(STAMP) lint typecheck protolint
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Installs come only from the lock (requirements/dev.txt: exact versions, every file's hash), then
+# the project itself without dependencies and without fetching a build backend (hatchling is locked).
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEV_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# `make lock` re-resolves after pyproject.toml changed, keeping every pin it can; `make upgrade`
+# moves every pin to the newest release pyproject.toml allows. Commit the lock files with a
+# message that says what moved (git diff requirements/ shows it).
+LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock'
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml $(BUILD_IN) $(LOCK_FLAGS) $(UPGRADE) -o $(RUNTIME_LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(BUILD_IN) --extra dev -c $(RUNTIME_LOCK) $(LOCK_FLAGS) $(UPGRADE) -o $(DEV_LOCK)
+
+upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -623,8 +623,12 @@ def test_dockerfile_builds_the_whole_wheel_without_extras() -> None:
     for path in needed:
         assert path in copied_paths, f"the Dockerfile does not COPY {path}"
         assert path in allowed, f".dockerignore keeps {path} out of the build context"
-    [install] = re.findall(r"pip install [^\n]*", dockerfile)
-    assert "[" not in install and "-e" not in install.split(), install
+    locked, project = re.findall(r"pip install [^\n]*", dockerfile)
+    assert "--require-hashes" in locked.split() and "requirements/runtime.txt" in locked, locked
+    assert "requirements/runtime.txt" in allowed, ".dockerignore keeps the lock out of the context"
+    assert "--no-deps" in project.split(), f"the project must not resolve its own deps: {project}"
+    assert "[" not in project and "-e" not in project.split(), project
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M)
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
     user = re.findall(r"^USER (\S+)", final_stage, re.M)
     assert user and not user[-1].startswith(("0", "root")), f"the image runs as root: USER {user}"

@@ -628,7 +628,9 @@ def test_dockerfile_builds_the_whole_wheel_without_extras() -> None:
     assert "requirements/runtime.txt" in allowed, ".dockerignore keeps the lock out of the context"
     assert "--no-deps" in project.split(), f"the project must not resolve its own deps: {project}"
     assert "[" not in project and "-e" not in project.split(), project
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M)
+    assert re.search(
+        r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-\S+@sha256:[0-9a-f]{64}$", dockerfile, re.M
+    )
     final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
     user = re.findall(r"^USER (\S+)", final_stage, re.M)
     assert user and not user[-1].startswith(("0", "root")), f"the image runs as root: USER {user}"

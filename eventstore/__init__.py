@@ -1,7 +1,9 @@
 """The JetStream event store: immutable appends with compare-and-set, atomic batches, reads.
 
 - ``EventStore`` — provisioning, ``append``, ``append_batch`` (ADR-50), ``load`` (one aggregate),
-  ``last_by_subject`` (direct get), ``replay`` (ordered), ``durable_consumer`` (projections);
+  ``last_by_subject`` (direct get), ``replay``/``replay_batches`` (ordered, bounded or following)
+  and ``subscribe`` (a durable subscription anchored at the caller's position): the one reader,
+  ``eventstore.reader``, on lean connections of its own (``eventstore.wire``);
 - ``GroupCommitWriter`` — coalesces concurrent commands into atomic batches (group commit);
 - value types (``Position``, ``Expectation``, ``OutgoingMessage``, ``StoredMessage``, ``Loaded``)
   and errors (``WrongLastSequence`` is a ``Conflict``; transport trouble is ``Unavailable``).
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 from eventstore import headers
 from eventstore.batching import MAX_BATCH, check_batch, subject_matches
-from eventstore.consumers import Delivery, DurableConsumer
 from eventstore.errors import (
     BatchRejected,
     DuplicateMessageId,
@@ -30,14 +31,13 @@ from eventstore.provisioning import (
     derived_stream_config,
     source_stream_config,
 )
+from eventstore.reader import ReadBatch, SubjectFilter, Subscription
 
 __all__ = [
     "DEFAULT_DUPLICATE_WINDOW",
     "MAX_BATCH",
     "BatchRejected",
-    "Delivery",
     "DuplicateMessageId",
-    "DurableConsumer",
     "EventStore",
     "Expectation",
     "GroupCommitWriter",
@@ -45,9 +45,12 @@ __all__ = [
     "Loaded",
     "OutgoingMessage",
     "Position",
+    "ReadBatch",
     "StoreError",
     "StoreUnavailable",
     "StoredMessage",
+    "SubjectFilter",
+    "Subscription",
     "WriterStats",
     "WrongLastSequence",
     "check_batch",

@@ -1,235 +1,282 @@
-"""Consumers: an ordered replay reader, and durable pull consumers for projections.
+"""JetStream pull consumers on the lean connection: create, delete, and pull with checks.
 
-- ``ordered_replay`` reads with an ephemeral pull consumer (no acks, in memory) and checks that the
-  consumer sequence has no gap; on a gap (a lost pull after a reconnect) it starts a new consumer
-  right after the last message it yielded. It fetches a bounded batch at a time, so memory stays
-  flat however long the stream is.
-- ``DurableConsumer`` is a durable pull consumer with explicit acks and bounded redelivery: a
-  projection fetches a batch, commits it with its tracking row, then acks (DESIGN §3.7).
+``Puller`` keeps at most two pull requests outstanding on one consumer (so the next batch is on
+its way while the caller works on this one) and checks every delivery as it arrives:
+
+- **contiguity**: each delivery's consumer sequence must follow the previous one and be a first
+  delivery. A lost delivery (a dropped pull after a reconnect, a message another client pulled)
+  shows up as a jump, a redelivery as ``delivered > 1``, and an idle heartbeat whose
+  ``Nats-Last-Consumer`` is ahead of what arrived as a loss too. Any of them marks the puller
+  *broken*: the reader re-anchors after the last message it handed out. Nothing is ever skipped.
+- **liveness**: pulls ask for idle heartbeats; silence for three heartbeat periods, a deleted
+  consumer, a server shutting down or a lost connection also mark it broken.
+
+Delivery metadata comes from the ack reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.
+<stream seq>.<consumer seq>.<time ns>.<pending>``, or the 12-token form with a domain), so no
+header is parsed on the read path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import functools
+import json
+import time
 from typing import Final
 
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
-from nats.js.client import JetStreamContext
-from nats.nuid import NUID
-
-from eventstore.errors import StoreUnavailable, translate
+from eventstore.errors import StoreError, StoreUnavailable, from_api_error
 from eventstore.model import StoredMessage
+from eventstore.wire import WireConnection, header_value, status_description, status_of
 
-# An ordered reader's consumer outlives a dead client by this much, then the server drops it.
-ORDERED_INACTIVE_THRESHOLD: Final = 30.0
-FETCH_TIMEOUT: Final = 1.0
-MAX_STALLS: Final = 3
+API: Final = "$JS.API"
+ACK_PREFIX: Final = b"$JS.ACK."
+ERR_CONSUMER_NOT_FOUND: Final = 10014
+HEARTBEAT_MISSES: Final = 3  # silent heartbeat periods before a pull is declared stalled
 
-
-def stored_from_consumer(msg: Msg) -> StoredMessage:
-    """Build a ``StoredMessage`` from a message delivered by a consumer."""
-    meta = msg.metadata
-    return StoredMessage(
-        stream=meta.stream,
-        sequence=meta.sequence.stream,
-        subject=msg.subject,
-        data=msg.data,
-        headers=dict(msg.headers or {}),
-        time=meta.timestamp,
-    )
+# (message, ack reply subject, pending after it): what a puller hands over per delivery.
+Delivered = tuple[StoredMessage, bytes, int]
 
 
-async def ordered_replay(
-    js: JetStreamContext,
-    stream: str,
-    from_sequence: int,
-    filters: list[str],
-    stop: int | None,
-    batch: int,
-) -> AsyncIterator[StoredMessage]:
-    """Yield messages from ``from_sequence`` in stream order, up to ``stop`` (None: forever)."""
-    if stop is not None and stop < from_sequence:
-        return
-    next_seq = max(from_sequence, 1)
-    stalls = 0
-    nuid = NUID()
-    while True:
-        name = nuid.next().decode()
-        config = ConsumerConfig(
-            name=name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=next_seq,
-            ack_policy=AckPolicy.NONE,
-            replay_policy=ReplayPolicy.INSTANT,
-            filter_subjects=filters or None,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=ORDERED_INACTIVE_THRESHOLD,
+class Broken(StoreUnavailable):
+    """The consumer cannot be trusted to continue: re-anchor it (a gap, a stall, a loss)."""
+
+
+async def api_request(
+    conn: WireConnection, subject: str, body: dict[str, object]
+) -> dict[str, object]:
+    """Send one JetStream API request; raise the translated error of an error answer."""
+    reply = await conn.request(f"{API}.{subject}", json.dumps(body).encode())
+    try:
+        answer = json.loads(reply.data or b"{}")
+    except ValueError as exc:
+        raise StoreError(f"not a JetStream API answer: {reply.data[:200]!r}") from exc
+    error = answer.get("error")
+    if isinstance(error, dict):
+        raise from_api_error(
+            error.get("code"), error.get("err_code"), str(error.get("description", ""))
         )
-        try:
-            info = await js.add_consumer(stream, config)
-            sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
-        except Exception as exc:
-            raise translate(exc) from exc
-        try:
-            if stop is not None and info.num_pending == 0:
-                return
-            expected = 1
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=FETCH_TIMEOUT)
-                except TimeoutError:
-                    if stop is None:
-                        continue
-                    break  # messages were pending but none came: start a new consumer
-                except Exception as exc:
-                    raise translate(exc) from exc
-                gap = False
-                for msg in msgs:
-                    meta = msg.metadata
-                    if meta.sequence.consumer != expected:
-                        gap = True
-                        break
-                    expected += 1
-                    seq = meta.sequence.stream
-                    if stop is not None and seq > stop:
-                        return
-                    stalls = 0
-                    yield stored_from_consumer(msg)
-                    next_seq = seq + 1
-                    if stop is not None and (seq >= stop or meta.num_pending == 0):
-                        return
-                if gap:
-                    break
-            stalls += 1
-            if stalls > MAX_STALLS:
-                raise StoreUnavailable(f"replay of {stream} stalled at sequence {next_seq}")
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(stream, name)
+    assert isinstance(answer, dict)
+    return answer
 
 
-class Delivery:
-    """One message delivered by a durable consumer, with its acknowledgement handles."""
-
-    __slots__ = ("_msg", "message", "num_delivered")
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-        self.message = stored_from_consumer(msg)
-        self.num_delivered: int = msg.metadata.num_delivered
-
-    async def ack(self) -> None:
-        """Acknowledge: the message is processed and must not be redelivered."""
-        try:
-            await self._msg.ack()
-        except Exception as exc:
-            raise translate(exc) from exc
-
-    async def nak(self, delay: timedelta | None = None) -> None:
-        """Ask for redelivery (after ``delay``), counting towards ``max_deliver``."""
-        try:
-            await self._msg.nak(delay=None if delay is None else delay.total_seconds())
-        except Exception as exc:
-            raise translate(exc) from exc
-
-    async def term(self) -> None:
-        """Stop redelivering this message (a poison message the caller has reported)."""
-        try:
-            await self._msg.term()
-        except Exception as exc:
-            raise translate(exc) from exc
-
-    async def in_progress(self) -> None:
-        """Reset the ack timer: the message is still being worked on."""
-        try:
-            await self._msg.in_progress()
-        except Exception as exc:
-            raise translate(exc) from exc
+def ordered_config(start_sequence: int, filters: list[str]) -> dict[str, object]:
+    """An ephemeral, ack-less, memory-backed consumer from ``start_sequence`` (for replays)."""
+    config: dict[str, object] = {
+        "deliver_policy": "by_start_sequence",
+        "opt_start_seq": max(1, start_sequence),
+        "ack_policy": "none",
+        "replay_policy": "instant",
+        "max_deliver": 1,
+        "mem_storage": True,
+        "num_replicas": 1,
+        "inactive_threshold": 30_000_000_000,  # ns: the server drops it 30 s after a dead client
+    }
+    _set_filters(config, filters)
+    return config
 
 
-class DurableConsumer:
-    """A bound durable pull consumer: ``fetch`` batches, ack each delivery after committing it."""
+def durable_config(
+    name: str,
+    start_sequence: int,
+    filters: list[str],
+    ack_wait_seconds: float,
+    max_ack_pending: int,
+) -> dict[str, object]:
+    """A durable consumer acked with AckAll (ack the batch's last message after the commit)."""
+    config: dict[str, object] = {
+        "durable_name": name,
+        "name": name,
+        "deliver_policy": "by_start_sequence",
+        "opt_start_seq": max(1, start_sequence),
+        "ack_policy": "all",
+        "ack_wait": int(ack_wait_seconds * 1e9),
+        "max_ack_pending": max_ack_pending,
+        "max_deliver": -1,
+        "replay_policy": "instant",
+    }
+    _set_filters(config, filters)
+    return config
+
+
+def _set_filters(config: dict[str, object], filters: list[str]) -> None:
+    if len(filters) == 1:
+        config["filter_subject"] = filters[0]
+    elif filters:
+        config["filter_subjects"] = filters
+
+
+async def create_consumer(
+    conn: WireConnection, stream: str, config: dict[str, object]
+) -> tuple[str, int]:
+    """Create a consumer; return its name and how many messages it has to deliver."""
+    name = config.get("name")
+    subject = f"CONSUMER.CREATE.{stream}" + (f".{name}" if name else "")
+    answer = await api_request(conn, subject, {"stream_name": stream, "config": config})
+    pending = answer.get("num_pending", 0)
+    return str(answer.get("name", name or "")), int(pending) if isinstance(pending, int) else 0
+
+
+async def delete_consumer(conn: WireConnection, stream: str, name: str) -> bool:
+    """Delete a consumer; return False if there was none."""
+    try:
+        await api_request(conn, f"CONSUMER.DELETE.{stream}.{name}", {})
+    except StoreError as exc:
+        if exc.err_code == ERR_CONSUMER_NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+class _Pull:
+    __slots__ = ("inbox", "remaining", "sid")
+
+    def __init__(self, inbox: str, remaining: int) -> None:
+        self.inbox = inbox
+        self.remaining = remaining
+        self.sid = 0
+
+
+class Puller:
+    """Pulls one consumer's deliveries into a bounded buffer, checking each as it arrives."""
 
     def __init__(
-        self, js: JetStreamContext, stream: str, name: str, sub: JetStreamContext.PullSubscription
+        self,
+        conn: WireConnection,
+        stream: str,
+        consumer: str,
+        *,
+        batch: int,
+        heartbeat_seconds: float = 1.0,
+        expires_seconds: float = 10.0,
     ) -> None:
-        self._js = js
-        self.stream = stream
-        self.name = name
-        self._sub = sub
+        self._conn = conn
+        self._stream = stream
+        self._next_subject = f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._batch = batch
+        self._heartbeat = heartbeat_seconds
+        self._expires = max(expires_seconds, 2 * heartbeat_seconds)
+        self._pulls: list[_Pull] = []
+        self.ready: collections.deque[Delivered] = collections.deque()
+        self._next_consumer_seq = 1
+        self._last_activity = time.monotonic()
+        self._wake = asyncio.Event()
+        self.broken: Broken | None = None
+        self._forget = conn.on_lost(self._on_lost)
+        self._closed = False
 
-    # The timeout is the pull request's server-side expiry, not a client-side deadline.
-    async def fetch(self, batch: int = 100, timeout: float = 1.0) -> list[Delivery]:  # noqa: ASYNC109
-        """Return up to ``batch`` deliveries, waiting at most ``timeout`` s for the first one."""
-        try:
-            msgs = await self._sub.fetch(batch, timeout=timeout)
-        except TimeoutError:  # nats-py raises its own or asyncio's, depending on where it waited
-            return []
-        except Exception as exc:
-            raise translate(exc) from exc
-        return [Delivery(msg) for msg in msgs]
+    def close(self) -> None:
+        """Stop pulling (pending pulls expire on the server)."""
+        self._closed = True
+        self._forget()
+        for pull in self._pulls:
+            if not self._conn.closed:
+                self._conn.unsubscribe(pull.sid)
+        self._pulls.clear()
 
-    async def num_pending(self) -> int:
-        """Return how many matching messages the consumer has not delivered yet."""
-        try:
-            info = await self._js.consumer_info(self.stream, self.name)
-        except Exception as exc:
-            raise translate(exc) from exc
-        return info.num_pending or 0
+    def _on_lost(self) -> None:
+        self._break(self._conn.error or Broken("reader connection lost"))
 
-    async def close(self) -> None:
-        """Stop fetching; the durable consumer and its progress stay on the server."""
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
+    def _break(self, error: StoreUnavailable) -> None:
+        if self.broken is None:
+            self.broken = error if isinstance(error, Broken) else Broken(str(error))
+        self._wake.set()
 
-    async def delete(self) -> None:
-        """Delete the durable consumer and its progress from the server."""
-        await self.close()
-        try:
-            await self._js.delete_consumer(self.stream, self.name)
-        except Exception as exc:
-            raise translate(exc) from exc
+    # -- pulling ----------------------------------------------------------------------------------
 
+    def top_up(self) -> None:
+        """Keep two pulls outstanding while the buffer has room (bounded memory)."""
+        if self._closed or self.broken is not None:
+            return
+        while len(self._pulls) < 2 and len(self.ready) < self._batch:
+            pull = _Pull(self._conn.new_inbox(), self._batch)
+            pull.sid = self._conn.subscribe(pull.inbox, functools.partial(self._on, pull))
+            request = {
+                "batch": self._batch,
+                "expires": int(self._expires * 1e9),
+                "idle_heartbeat": int(self._heartbeat * 1e9),
+            }
+            self._conn.publish(self._next_subject, json.dumps(request).encode(), pull.inbox)
+            if not self._pulls:
+                self._last_activity = time.monotonic()  # silence is measured from the request
+            self._pulls.append(pull)
 
-async def create_durable(
-    js: JetStreamContext,
-    stream: str,
-    name: str,
-    filter_subjects: list[str],
-    *,
-    ack_wait: timedelta,
-    max_deliver: int,
-    max_ack_pending: int,
-    start_sequence: int,
-) -> DurableConsumer:
-    """Create or update a durable pull consumer and bind a subscription to it."""
-    if not filter_subjects:
-        raise ValueError("a durable consumer needs at least one filter subject")
-    if max_deliver < 1:
-        raise ValueError("max_deliver must be >= 1 (redelivery is bounded)")
-    config = ConsumerConfig(
-        name=name,
-        durable_name=name,
-        deliver_policy=DeliverPolicy.ALL
-        if start_sequence <= 1
-        else DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=None if start_sequence <= 1 else start_sequence,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait.total_seconds(),
-        max_deliver=max_deliver,
-        max_ack_pending=max_ack_pending,
-        filter_subjects=filter_subjects,
-        replay_policy=ReplayPolicy.INSTANT,
-    )
-    try:
-        await js.add_consumer(stream, config)
-        sub = await js.pull_subscribe_bind(consumer=name, stream=stream)
-    except Exception as exc:
-        raise translate(exc) from exc
-    return DurableConsumer(js, stream, name, sub)
+    def _finish(self, pull: _Pull) -> None:
+        if pull in self._pulls:
+            self._pulls.remove(pull)
+            self._conn.unsubscribe(pull.sid)
+
+    def _on(self, pull: _Pull, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        if not reply.startswith(ACK_PREFIX):
+            self._on_status(pull, headers)
+            return
+        if self.broken is not None:
+            return  # after a gap nothing more is taken from this consumer
+        tokens = reply.split(b".")
+        if len(tokens) == 9:
+            delivered, sseq, cseq, stamp, pending = tokens[4:9]
+        elif len(tokens) >= 11:
+            delivered, sseq, cseq, stamp, pending = tokens[6:11]
+        else:
+            self._break(Broken(f"not a JetStream delivery: {reply[:80]!r}"))
+            return
+        consumer_seq = int(cseq)
+        if consumer_seq != self._next_consumer_seq or delivered != b"1":
+            self._break(
+                Broken(
+                    f"gap in {self._stream}: expected delivery {self._next_consumer_seq},"
+                    f" got {consumer_seq} (delivered {delivered.decode()} times)"
+                )
+            )
+            return
+        self._next_consumer_seq = consumer_seq + 1
+        # The MSG line's subject is the stored message's subject (not the pull's inbox).
+        message = StoredMessage(
+            self._stream, int(sseq), subject.decode(), data, raw_headers=headers, time_ns=int(stamp)
+        )
+        self.ready.append((message, reply, int(pending)))
+        pull.remaining -= 1
+        if pull.remaining <= 0:
+            self._finish(pull)
+        self._wake.set()
+
+    def _on_status(self, pull: _Pull, headers: bytes) -> None:
+        code = status_of(headers)
+        if code == 100:
+            last = header_value(headers, b"Nats-Last-Consumer")
+            if last is not None and last.isdigit() and int(last) >= self._next_consumer_seq:
+                self._break(Broken(f"{self._stream}: deliveries up to {int(last)} never arrived"))
+            return
+        if code in (404, 408):  # the pull ended (expired, or nothing to deliver right now)
+            self._finish(pull)
+            self._wake.set()
+            return
+        description = status_description(headers)
+        if code == 409 and description in ("Exceeded MaxWaiting", "Leadership Change"):
+            self._finish(pull)
+            self._wake.set()
+            return
+        self._break(Broken(f"{self._stream}: consumer answered {code} {description}"))
+
+    # -- taking -----------------------------------------------------------------------------------
+
+    async def wait(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until something is buffered, the puller broke, or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.broken is None:
+            self.top_up()
+            now = time.monotonic()
+            if now - self._last_activity > HEARTBEAT_MISSES * self._heartbeat and self._pulls:
+                self._break(
+                    Broken(
+                        f"{self._stream}: no delivery or heartbeat for {now - self._last_activity:.1f}s"
+                    )
+                )
+                break
+            if now >= deadline:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(deadline - now, self._heartbeat))

@@ -3,7 +3,7 @@
 Writes go to the source stream by subject; every position names the stream that acked it. Reads of
 one aggregate use batched direct gets (ADR-31: one request, the server streams every matching
 message and an end-of-batch status), which need no consumer and cost one round trip. Replays and
-projections use consumers (``eventstore.consumers``).
+projections use consumers read on lean connections of their own (``eventstore.reader``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from eventstore.batching import (
     expectations,
     message_headers,
 )
-from eventstore.consumers import DurableConsumer, create_durable, ordered_replay
 from eventstore.errors import (
     ERR_STREAM_NAME_IN_USE,
     InvalidBatch,
@@ -44,6 +43,7 @@ from eventstore.provisioning import (
     derived_stream_config,
     source_stream_config,
 )
+from eventstore.reader import ReadBatch, Subscription, open_subscription, read_batches
 
 DEFAULT_TIMEOUT: Final = 5.0
 READ_BATCH: Final = 1000
@@ -112,10 +112,19 @@ def stored_from_direct(msg: Msg) -> StoredMessage:
 class EventStore:
     """The JetStream event store of one deployment (or one test): its streams and subjects."""
 
-    def __init__(self, nc: NATS, names: StreamNames, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: StreamNames,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        read_url: str = "",
+    ) -> None:
         self.nc = nc
         self.names = names
         self.timeout = timeout
+        # Readers open connections of their own (eventstore.wire) to the same servers.
+        self.read_url = read_url or ",".join(url.geturl() for url in nc.servers)
         self._js = nc.jetstream(timeout=timeout)
         self._nuid = NUID()
 
@@ -353,35 +362,71 @@ class EventStore:
         *,
         follow: bool = False,
         stream: str | None = None,
-        batch: int = 500,
+        batch: int = READ_BATCH,
+        server_filter: bool = True,
     ) -> AsyncGenerator[StoredMessage, None]:
-        """Yield messages in stream order from a sequence, up to the last one now (or forever)."""
-        stream = stream or self.names.source
-        stop = None if follow else await self.last_sequence(stream)
-        async for message in ordered_replay(
-            self._js, stream, from_sequence, list(subject_filters or []), stop, batch
-        ):
-            yield message
+        """Yield messages in stream order from a sequence, up to the last one now (or forever).
 
-    async def durable_consumer(
+        ``server_filter=False`` reads every message and filters here: much cheaper for the server
+        when the filters match most of the stream (see ``eventstore.reader``).
+        """
+        async for got in self.replay_batches(
+            from_sequence - 1,
+            subject_filters,
+            follow=follow,
+            stream=stream,
+            batch=batch,
+            server_filter=server_filter,
+        ):
+            for message in got.messages:
+                yield message
+
+    async def replay_batches(
+        self,
+        after: int = 0,
+        subject_filters: Sequence[str] | None = None,
+        *,
+        until: int | None = None,
+        follow: bool = False,
+        stream: str | None = None,
+        batch: int = READ_BATCH,
+        server_filter: bool = True,
+    ) -> AsyncGenerator[ReadBatch, None]:
+        """Yield batches after ``after`` up to ``until`` (default: the last sequence now)."""
+        stream = stream or self.names.source
+        stop = (
+            None if follow else (until if until is not None else await self.last_sequence(stream))
+        )
+        async for got in read_batches(
+            self.read_url,
+            stream,
+            max(after, 0),
+            stop,
+            list(subject_filters or []),
+            server_filter=server_filter,
+            batch=batch,
+        ):
+            yield got
+
+    async def subscribe(
         self,
         name: str,
-        filter_subjects: Sequence[str],
+        after: int,
+        subject_filters: Sequence[str],
         *,
-        ack_wait: timedelta = timedelta(seconds=30),
-        max_deliver: int = 5,
-        max_ack_pending: int = 10_000,
-        start_sequence: int = 1,
         stream: str | None = None,
-    ) -> DurableConsumer:
-        """Create (or update) a durable pull consumer with explicit acks, and bind to it."""
-        return await create_durable(
-            self._js,
+        batch: int = READ_BATCH,
+        ack_wait: timedelta = timedelta(seconds=30),
+        server_filter: bool = False,
+    ) -> Subscription:
+        """Open the durable subscription ``name``, re-created to start right after ``after``."""
+        return await open_subscription(
+            self.read_url,
             stream or self.names.source,
             name,
-            list(filter_subjects),
-            ack_wait=ack_wait,
-            max_deliver=max_deliver,
-            max_ack_pending=max_ack_pending,
-            start_sequence=start_sequence,
+            after,
+            list(subject_filters),
+            server_filter=server_filter,
+            batch=batch,
+            ack_wait_seconds=ack_wait.total_seconds(),
         )

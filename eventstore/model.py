@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from eventstore.headers import RESERVED
 
 # dot-separated tokens without wildcards or whitespace: a subject one can publish to
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _PUBLISH_SUBJECT: Final = re.compile(r"[^.\s*>]+(?:\.[^.\s*>]+)*")
 
 
@@ -68,21 +69,81 @@ class OutgoingMessage:
             )
 
 
-@dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message as stored in a stream."""
+    """One message as stored in a stream: its position, subject, payload, headers and store time.
 
-    stream: str
-    sequence: int
-    subject: str
-    data: bytes
-    headers: Mapping[str, str]
-    time: datetime
+    Readers build millions of these, so the headers and the time are kept as the server sent them
+    (raw ``NATS/1.0`` header bytes, nanoseconds) and parsed only when asked for.
+    """
+
+    __slots__ = ("_headers", "_raw_headers", "_time", "_time_ns", "data", "sequence", "stream",
+                 "subject")  # fmt: skip
+
+    def __init__(
+        self,
+        stream: str,
+        sequence: int,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+        time: datetime | None = None,
+        *,
+        raw_headers: bytes = b"",
+        time_ns: int = 0,
+    ) -> None:
+        self.stream = stream
+        self.sequence = sequence
+        self.subject = subject
+        self.data = data
+        self._headers = headers
+        self._raw_headers = raw_headers
+        self._time = time
+        self._time_ns = time_ns
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's own headers (the server's read metadata is not among them)."""
+        if self._headers is None:
+            self._headers = _parse_headers(self._raw_headers) if self._raw_headers else {}
+        return self._headers
+
+    @property
+    def time(self) -> datetime:
+        """When the stream stored the message (UTC, microseconds)."""
+        if self._time is None:
+            self._time = _EPOCH + timedelta(microseconds=self._time_ns // 1000)
+        return self._time
 
     @property
     def position(self) -> Position:
         """Return where this message is stored."""
         return Position(self.stream, self.sequence)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredMessage):
+            return NotImplemented
+        return (self.stream, self.sequence, self.subject, self.data) == (
+            other.stream,
+            other.sequence,
+            other.subject,
+            other.data,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.stream, self.sequence))
+
+    def __repr__(self) -> str:
+        return f"StoredMessage({self.stream}:{self.sequence} {self.subject!r}, {len(self.data)} B)"
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    """Parse raw ``NATS/1.0`` headers (the first line is the version and an optional status)."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n")[1:]:
+        key, sep, value = line.partition(b":")
+        if sep:
+            out[key.strip().decode()] = value.strip().decode()
+    return out
 
 
 @dataclass(frozen=True, slots=True)

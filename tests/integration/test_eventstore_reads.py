@@ -1,9 +1,9 @@
-"""Reads against a real nats-server: one aggregate, last by subject, replay, durable consumers."""
+"""Reads against a real nats-server: one aggregate, last by subject, the subject index.
+
+Replays and subscriptions have their own contract tests: ``test_eventstore_reader.py``.
+"""
 
 from __future__ import annotations
-
-import asyncio
-from datetime import timedelta
 
 import pytest
 
@@ -83,108 +83,6 @@ async def test_last_by_subject_reads_a_marker(store: EventStore) -> None:
     assert found is not None
     assert (found.sequence, found.subject, found.data) == (1, marker, b"0")
     assert found.time.tzinfo is not None
-
-
-async def test_replay_returns_every_event_in_order(store: EventStore) -> None:
-    subjects = [subject(store, f"card.c{i % 7}.funded") for i in range(1200)]
-    subjects[5] = subject(store, "command.k1")
-    for start in range(0, len(subjects), 1000):
-        await fill(store, subjects[start : start + 1000])
-
-    everything = await collect(store.replay(batch=256))
-    assert [m.sequence for m in everything] == list(range(1, 1201))
-    assert [m.subject for m in everything] == subjects
-
-    tail = await collect(store.replay(1190))
-    assert [m.sequence for m in tail] == list(range(1190, 1201))
-
-    only = [subject(store, "card.c1.>"), subject(store, "command.>")]
-    filtered = await collect(store.replay(1, only))
-    assert [m.sequence for m in filtered] == [
-        i + 1 for i, s in enumerate(subjects) if s.endswith("command.k1") or ".c1." in s
-    ]
-    assert await collect(store.replay(1201)) == []
-
-
-async def test_replay_stops_at_the_last_sequence_of_the_call(store: EventStore) -> None:
-    await fill(store, [subject(store, "card.c1.funded")] * 10)
-    seen: list[int] = []
-    async for message in store.replay(batch=3):
-        seen.append(message.sequence)
-        # appended while replaying: after the end the call saw
-        await store.append(OutgoingMessage(subject(store, "card.c1.funded"), b"late"))
-    assert seen == list(range(1, 11))
-
-
-async def test_replay_on_an_empty_stream_or_filter_ends_at_once(store: EventStore) -> None:
-    assert await collect(store.replay()) == []
-    await fill(store, [subject(store, "card.c1.funded")])
-    assert await collect(store.replay(1, [subject(store, "command.>")])) == []
-
-
-async def test_replay_can_follow_live_appends(store: EventStore) -> None:
-    await fill(store, [subject(store, "card.c1.funded")])
-    follower = store.replay(follow=True)
-    received: list[int] = []
-
-    async def read_three() -> None:
-        async for message in follower:
-            received.append(message.sequence)
-            if len(received) == 3:
-                break
-
-    reader = asyncio.create_task(read_three())
-    await asyncio.sleep(0.2)
-    await fill(store, [subject(store, "card.c1.funded")] * 2)
-    await asyncio.wait_for(reader, 10)
-    assert received == [1, 2, 3]
-
-
-async def test_a_durable_consumer_redelivers_until_acked_and_bounds_redelivery(
-    store: EventStore,
-) -> None:
-    await fill(
-        store,
-        [
-            subject(store, "card.c1.issued"),
-            subject(store, "command.k1"),
-            subject(store, "card.c1.transaction.created"),
-            subject(store, "notify.default.preferences_set"),
-        ],
-    )
-    consumer = await store.durable_consumer(
-        "projection",
-        [store.names.subjects.all_cards, store.names.subjects.all_notify],
-        ack_wait=timedelta(seconds=1),
-        max_deliver=2,
-    )
-    first = await consumer.fetch(10, timeout=2)
-    assert [d.message.sequence for d in first] == [1, 3, 4]
-    assert all(d.num_delivered == 1 for d in first)
-    await first[0].ack()
-    await first[1].nak()
-    await first[2].term()
-
-    again = await consumer.fetch(10, timeout=2)
-    assert [(d.message.sequence, d.num_delivered) for d in again] == [(3, 2)]
-    # not acked, and max_deliver=2 is spent: never delivered again
-    assert await consumer.fetch(10, timeout=1.5) == []
-
-    # the same durable, bound again, keeps its progress
-    await consumer.close()
-    rebound = await store.durable_consumer(
-        "projection",
-        [store.names.subjects.all_cards, store.names.subjects.all_notify],
-        ack_wait=timedelta(seconds=1),
-        max_deliver=2,
-    )
-    await store.append(OutgoingMessage(subject(store, "card.c2.issued"), b"new"))
-    fresh = await rebound.fetch(10, timeout=2)
-    assert [d.message.sequence for d in fresh] == [5]
-    assert fresh[0].message.data == b"new"
-    await fresh[0].ack()
-    assert await rebound.num_pending() == 0
-    await rebound.delete()
 
 
 async def test_subjects_lists_the_stream_subject_index(store: EventStore) -> None:

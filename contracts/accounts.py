@@ -12,6 +12,7 @@ from typing import Final
 # House accounts: the other side of money that enters or leaves the card network.
 FUNDING: Final = "house-funding"  # top-ups and repayments come from here
 ADJUSTMENTS: Final = "house-adjustments"  # operator corrections are booked against this
+HOUSE_ACCOUNTS: Final = frozenset({FUNDING, ADJUSTMENTS})
 
 
 def card_account(card_id: str) -> str:

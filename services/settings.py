@@ -63,14 +63,14 @@ class Settings:
     webhook_backoff_max_seconds: float = 300.0
     webhook_timeout_seconds: float = 5.0
     webhook_concurrency: int = 16  # POSTs in flight at once
-    # Test-only fault hook of the notification projector (see services/notification/faults.py).
+    # Test-only fault hook of the notification projection (see projections/faults.py).
     notification_fault: str = ""
     # Ledger projection: messages per fetch (= per Postgres transaction), the consumer's ack wait,
     # the longest a query waits for "at least sequence N" (read-your-writes).
     ledger_batch: int = 500
     ledger_ack_wait_seconds: float = 30.0
     ledger_max_wait_seconds: float = 10.0
-    # Test-only fault hook of the ledger projector (see projections/ledger/faults.py).
+    # Test-only fault hook of the ledger projection (see projections/faults.py).
     ledger_fault: str = ""
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"

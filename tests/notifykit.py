@@ -36,7 +36,13 @@ from contracts.events import (
     TransactionDeclined,
 )
 from contracts.subjects import StreamNames
-from eventstore import derived_stream_config, source_stream_config
+from eventstore import EventStore, derived_stream_config, source_stream_config
+from projections.metrics import ProjectionMetrics
+from projections.notifications.projection import NotificationProjection
+from projections.runner import ProjectionRunner, RunnerConfig
+from services.notification.effects import CommittedEffects
+from services.notification.metrics import NotificationMetrics
+from services.notification.wakeup import Waker
 
 
 async def create_streams(js: JetStreamContext, streams: StreamNames) -> None:
@@ -265,3 +271,22 @@ class WebhookReceiver:
         finally:
             self._server.shutdown()
             self._server.server_close()
+
+
+def notification_runner(
+    store: EventStore,
+    db: str,
+    *,
+    schema: str = "notify",
+    metrics: NotificationMetrics | None = None,
+    waker: Waker | None = None,
+    batch: int = 256,
+) -> ProjectionRunner:
+    """A runner of the notification projection wired as the service wires it."""
+    metrics = metrics or NotificationMetrics()
+    projection = NotificationProjection(
+        schema, store.names, CommittedEffects(metrics, waker or Waker())
+    )
+    return ProjectionRunner(
+        projection, store, db, ProjectionMetrics(metrics.registry), RunnerConfig(batch=batch)
+    )

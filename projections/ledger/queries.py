@@ -17,6 +17,7 @@ import msgspec
 import psycopg
 from psycopg import sql
 
+from contracts.accounts import HOUSE_ACCOUNTS
 from contracts.errors import InvalidArgument, NotFound
 from projections.ledger.fold import micros
 from projections.ledger.rows import account_kind, entry_id
@@ -94,16 +95,30 @@ async def position(conn: Conn, stream: str) -> int:
 async def balances(
     conn: Conn, account_id: str, as_of: datetime | None = None, known_at: int | None = None
 ) -> list[BalanceView]:
-    """Return the account's balances per currency; raise ``NotFound`` for an unknown account."""
-    account_kind(account_id)
+    """Return the account's balances per currency (none yet: an empty list).
+
+    Raises ``NotFound`` only for an account that does not exist: a card never issued, or a house
+    account jetledger does not keep. A merchant exists from its id (merchants are not registered)
+    and a house account from the start, so before their first entry they answer no balance.
+    """
+    kind = account_kind(account_id)
     cur = await conn.execute(
         "SELECT currency, posted, pending, available, credit_limit, entry_count"
         " FROM ledger.balances WHERE account_id = %s ORDER BY currency",
         (account_id,),
     )
-    current = [BalanceView(*row) for row in await cur.fetchall()]
+    current = [
+        BalanceView(currency, int(posted), int(pending), int(available), int(limit), count)
+        for currency, posted, pending, available, limit, count in await cur.fetchall()
+    ]
     if not current:
-        raise NotFound(f"account {account_id} has no ledger activity")
+        if kind == "card":
+            raise NotFound(f"card account {account_id} is not in the ledger (no such card)")
+        if kind == "house" and account_id not in HOUSE_ACCOUNTS:
+            raise NotFound(
+                f"{account_id} is not a house account (they are {sorted(HOUSE_ACCOUNTS)})"
+            )
+        return []
     if as_of is None and known_at is None:
         return current
     is_card = account_id.startswith("card-")
@@ -173,8 +188,8 @@ def _select(columns: str, rest: str) -> sql.Composed:
 def _entry(row: tuple[Any, ...]) -> EntryView:
     stream, seq, leg, txid, card, account, amount, currency, direction, after, at, tag = row
     return EntryView(
-        entry_id(stream, seq, leg), txid, card, account, amount, currency, direction, after, at,
-        stream, seq, tag,
+        entry_id(stream, seq, leg), txid, card, account, amount, currency, direction, int(after),
+        at, stream, seq, tag,
     )  # fmt: skip
 
 

@@ -2,9 +2,10 @@
 swap it in atomically while the service keeps serving.
 
 1. Create ``ledger_rebuild_<token>`` with the current DDL (no secondary indexes yet).
-2. Replay the stream's card events with an ordered consumer, projecting with the same pure core as
-   the live projector (``rows.Projection``, outbox off: a rebuild never re-emits), COPYing rows in
-   chunks. Memory holds one chunk plus one balance per account, however long the stream is.
+2. Replay the stream's card events with the event store's ordered reader (whole stream, filtered
+   here), projecting with the same pure core as the live projection (``rows.Projection``, outbox
+   off: a rebuild never re-emits), COPYing rows in chunks. Memory holds one chunk plus one balance
+   per account, however long the stream is.
 3. Build indexes, ANALYZE, catch up with the live projector's position.
 4. Swap in one short transaction: ``LOCK ledger.tracking IN EXCLUSIVE MODE`` (the live projector's
    next batch waits; readers do not), replay the last few events, write balances and the tracking
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from nats.js import JetStreamContext
 from psycopg import sql
 
 from contracts.codec import decode_event
-from contracts.subjects import StreamNames
+from eventstore import EventStore, ReadBatch, StoredMessage
+from projections import tracking
 from projections.ledger import store
+from projections.ledger.derived import entry_event
 from projections.ledger.rows import BalanceBook, Projection
 from projections.ledger.schema import (
     LIVE_SCHEMA,
@@ -34,7 +36,6 @@ from projections.ledger.schema import (
     projection_tables_sql,
     table,
 )
-from projections.ledger.source import last_sequence, replay
 
 Conn = psycopg.AsyncConnection[Any]
 CATCH_UP_UNDER_LOCK = 2_000  # events: below this gap the catch-up happens inside the swap
@@ -73,22 +74,23 @@ class Rebuild:
     def __init__(
         self,
         conninfo: str,
-        js: JetStreamContext,
-        streams: StreamNames,
+        event_store: EventStore,
         *,
         chunk: int = 5_000,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self._conninfo = conninfo
-        self._js = js
-        self._streams = streams
+        self._store = event_store
+        self._streams = event_store.names
         self._chunk = chunk
         self._on_progress = on_progress or (lambda _: None)
         self.shadow = f"ledger_rebuild_{uuid.uuid4().hex[:10]}"
+        self.queued = 0  # entries queued for the derived stream that the live projection skips
         self._book = BalanceBook()
         self._projection = Projection(self._book, emit_outbox=False)
         self._events = 0
-        self._position = 0
+        self._position = 0  # the last card event applied (what the tracking row records)
+        self._covered = 0  # the last stream sequence read, card event or not
         self._last_event_at: Any = None
         self._started = time.perf_counter()
 
@@ -101,7 +103,7 @@ class Rebuild:
             try:
                 async with conn.transaction():
                     await conn.execute(projection_tables_sql(self.shadow).encode())
-                target = await last_sequence(self._js, stream)
+                target = await self._store.last_sequence(stream)
                 await self._replay(conn, target, "replay")
                 self._report("index", target)
                 async with conn.transaction():
@@ -131,22 +133,35 @@ class Rebuild:
         )
 
     async def _replay(self, conn: Conn, until: int, phase: str) -> None:
-        stream = self._streams.source
         pending = 0
-        async for item in replay(
-            self._js, stream, self._streams.subjects.all_cards, after=self._position, until=until
-        ):
-            self._projection.apply(decode_event(item.data), stream, item.sequence)
-            self._position = item.sequence
-            self._last_event_at = item.time
-            self._events += 1
-            pending += 1
+        async for got in self._read(until):
+            pending += self._project(got.messages)
+            self._covered = got.last_sequence
             if pending >= self._chunk:
                 await self._flush(conn)
                 pending = 0
                 self._report(phase, until)
         await self._flush(conn)
         self._report(phase, until)
+
+    def _read(self, until: int) -> AsyncIterator[ReadBatch]:
+        return self._store.replay_batches(
+            self._covered,
+            [self._streams.subjects.all_cards],
+            until=until,
+            server_filter=False,
+        )
+
+    def _project(self, messages: list[StoredMessage]) -> int:
+        stream = self._streams.source
+        apply = self._projection.apply
+        for message in messages:
+            apply(decode_event(message.data), stream, message.sequence)
+        if messages:
+            self._position = messages[-1].sequence
+            self._last_event_at = messages[-1].time
+            self._events += len(messages)
+        return len(messages)
 
     async def _flush(self, conn: Conn) -> None:
         # A shadow nobody reads yet: each chunk commits on its own (bounded transaction size).
@@ -173,7 +188,7 @@ class Rebuild:
         stream = self._streams.source
         while True:
             live = await self._live_position(conn)
-            if live - self._position <= CATCH_UP_UNDER_LOCK:
+            if live - self._covered <= CATCH_UP_UNDER_LOCK:
                 break
             await self._replay(conn, live, "catch-up")
         self._report("swap", live)
@@ -182,23 +197,17 @@ class Rebuild:
             await conn.execute(
                 sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table(LIVE_SCHEMA, "tracking"))
             )
-            live = await store.tracking_position(conn, LIVE_SCHEMA, stream)
-            if live > self._position:
-                async for item in replay(
-                    self._js,
-                    stream,
-                    self._streams.subjects.all_cards,
-                    after=self._position,
-                    until=live,
-                ):
-                    self._projection.apply(decode_event(item.data), stream, item.sequence)
-                    self._position = item.sequence
-                    self._last_event_at = item.time
-                    self._events += 1
+            live = await tracking.position(conn, LIVE_SCHEMA, stream)
+            if live > self._covered:
+                async for got in self._read(live):
+                    self._project(got.messages)
+                    self._covered = got.last_sequence
                 await store.write_rows(conn, self.shadow, self._projection.rows)
                 self._projection.rows.clear()
-            # Never move the projection backwards: a lagging live projector skips what we hold.
+            # Never move the projection backwards: a lagging live projector skips what we hold,
+            # so the entries it will skip are ours to queue for the derived stream (once).
             self._position = max(self._position, live)
+            self.queued = await self._take_over_outbox(conn, live)
             await self._write_final(conn, self._position)
             retired = f"ledger_retired_{self.shadow.rsplit('_', 1)[1]}"
             await conn.execute(
@@ -214,9 +223,33 @@ class Rebuild:
             await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(retired)))
         self._report("done", self._position)
 
+    async def _take_over_outbox(self, conn: Conn, live: int) -> int:
+        """Queue ``ledger.entry_created`` for the shadow's entries after the live position.
+
+        The live projection has queued every entry up to its position; after the swap it skips
+        everything up to ours, so the entries in between would never be published otherwise.
+        """
+        stream = self._streams.source
+        queued = 0
+        async with conn.cursor(name="rebuild_take_over") as cur:
+            await cur.execute(
+                sql.SQL(
+                    "SELECT stream_sequence, leg_index, transaction_id, card_id, account_id, amount,"
+                    " currency, balance_after, event_type, effective_at FROM {}"
+                    " WHERE stream = %s AND stream_sequence > %s"
+                    " ORDER BY stream_sequence, leg_index"
+                ).format(table(self.shadow, "entries")),
+                (stream, live),
+            )
+            while rows := await cur.fetchmany(5_000):
+                entries = [entry_event(stream, row) for row in rows]
+                await store.write_outbox(conn, self._streams.subjects, entries)
+                queued += len(entries)
+        return queued
+
     async def _live_position(self, conn: Conn) -> int:
         async with conn.transaction():
-            return await store.tracking_position(conn, LIVE_SCHEMA, self._streams.source)
+            return await tracking.position(conn, LIVE_SCHEMA, self._streams.source)
 
     def _report(self, phase: str, target: int) -> None:
         self._on_progress(

@@ -70,4 +70,28 @@ def migrations() -> list[Migration]:
                 ]
             ),
         ),
+        Migration(
+            2,
+            "balances and running balances in numeric: they sum unboundedly many legs",
+            # Migration 1 builds from the current DDL, so a fresh database is already there.
+            """
+            DO $$ BEGIN
+            IF (SELECT data_type FROM information_schema.columns WHERE table_schema = 'ledger'
+                AND table_name = 'balances' AND column_name = 'posted') = 'bigint' THEN
+                ALTER TABLE ledger.entries
+                    ALTER COLUMN balance_after TYPE numeric,
+                    ADD CHECK (balance_after = trunc(balance_after));
+                ALTER TABLE ledger.balances
+                    ALTER COLUMN posted TYPE numeric,
+                    ALTER COLUMN pending TYPE numeric,
+                    ALTER COLUMN credit_limit TYPE numeric,
+                    ALTER COLUMN available TYPE numeric,
+                    ADD CHECK (posted = trunc(posted)),
+                    ADD CHECK (pending = trunc(pending)),
+                    ADD CHECK (credit_limit = trunc(credit_limit)),
+                    ADD CHECK (available = trunc(available));
+            END IF;
+            END $$;
+            """,
+        ),
     ]

@@ -219,7 +219,7 @@ async def upsert_balances(conn: Conn, schema: str, balances: Iterable[Balance]) 
 
 
 _BALANCE_TYPES = (
-    "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "text",
+    "text", "text", "text", "text", "numeric", "numeric", "numeric", "numeric", "bigint", "text",
     "bigint", "timestamptz",
 )  # fmt: skip
 
@@ -232,8 +232,24 @@ async def load_balances(conn: Conn, schema: str, account_ids: Iterable[str]) -> 
         " stream, last_sequence, updated_at FROM {} WHERE account_id = ANY(%s)"
     ).format(table(schema, "balances"))
     cur = await conn.execute(stmt, (list(account_ids),))
-    for row in await cur.fetchall():
-        book.add(Balance(*row))
+    for (
+        account,
+        currency,
+        kind,
+        card,
+        posted,
+        pending,
+        limit,
+        count,
+        stream,
+        seq,
+        at,
+    ) in await cur.fetchall():
+        # numeric arrives as Decimal: exact, but Decimal arithmetic rounds past 28 digits
+        book.add(
+            Balance(account, currency, kind, card, int(posted), int(pending), int(limit), count,
+                    stream, seq, at)
+        )  # fmt: skip
     return book
 
 
@@ -255,45 +271,3 @@ async def write_outbox(
 
 def _outbox_line(r: tuple[str, str, bytes]) -> str:
     return f"{_e(r[0])}\t{_e(r[1])}\t\\\\x{r[2].hex()}\n"
-
-
-async def lock_tracking(conn: Conn, schema: str, stream: str) -> int:
-    """Lock this stream's tracking row for the transaction and return its last sequence.
-
-    Taking this row lock first serialises every writer of the projection (a deposed leader, a
-    rebuild's swap) before anything else is written.
-    """
-    stmt = sql.SQL("SELECT last_sequence FROM {} WHERE stream = %s FOR UPDATE").format(
-        table(schema, "tracking")
-    )
-    cur = await conn.execute(stmt, (stream,))
-    row = await cur.fetchone()
-    if row is None:
-        insert = sql.SQL(
-            "INSERT INTO {} (stream, last_sequence) VALUES (%s, 0) ON CONFLICT DO NOTHING"
-        ).format(table(schema, "tracking"))
-        await conn.execute(insert, (stream,))
-        cur = await conn.execute(stmt, (stream,))
-        row = await cur.fetchone()
-        assert row is not None
-    return int(row[0])
-
-
-async def set_tracking(
-    conn: Conn, schema: str, stream: str, sequence: int, event_at: datetime | None
-) -> None:
-    """Record the projection's new position in the same transaction as its rows."""
-    stmt = sql.SQL(
-        "UPDATE {} SET last_sequence = %s, last_event_at = %s, updated_at = now() WHERE stream = %s"
-    ).format(table(schema, "tracking"))
-    await conn.execute(stmt, (sequence, event_at, stream))
-
-
-async def tracking_position(conn: Conn, schema: str, stream: str) -> int:
-    """Return the projection's last applied sequence of ``stream`` (0 if none)."""
-    stmt = sql.SQL("SELECT last_sequence FROM {} WHERE stream = %s").format(
-        table(schema, "tracking")
-    )
-    cur = await conn.execute(stmt, (stream,))
-    row = await cur.fetchone()
-    return 0 if row is None else int(row[0])

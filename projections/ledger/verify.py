@@ -1,28 +1,51 @@
-"""``jetledger verify``: prove the ledger tables equal an independent fold of the stream.
+"""``jetledger verify`` for the ledger: the tables, the stream and the derived stream agree.
 
-Reads one consistent snapshot of a projection schema (its position, balances and every entry, in a
-REPEATABLE READ transaction), folds the stream up to that position with ``fold.StreamFold``, and
-compares per account and currency: posted, pending, available, entry count and entry checksum.
-Memory grows with the number of accounts, never with the number of events.
+1. **Caught up.** The last card event in the stream when verify starts is the *head*; verify waits
+   (bounded) until the projection's tracking row reached it and the outbox drained. A projection
+   still behind afterwards is a failure: a table that is right "up to its own position" proves
+   nothing about events it never applied.
+2. **Rows.** One REPEATABLE READ snapshot of the tables (position, balances, every entry through a
+   server-side cursor) against ``fold.StreamFold``, an independent fold of the stream up to that
+   position: per account and currency, posted, pending, available, entry count and a checksum
+   over the entries in stream order. Σ posted per currency must be 0 on both sides.
+3. **Derived stream.** Every entry of the snapshot must be in the derived stream exactly once
+   (or still queued in the outbox), and nothing else (``projections.ledger.derived``).
+
+Memory grows with the number of accounts and entries (8 bytes per entry), never with payloads.
 """
 
 from __future__ import annotations
 
+import array
+import asyncio
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from nats.js import JetStreamContext
 from psycopg import sql
 
 from contracts.codec import decode_event
-from contracts.subjects import StreamNames
+from eventstore import EventStore
+from projections import tracking
+from projections.ledger.derived import (
+    DerivedReport,
+    entry_key,
+    outbox_keys,
+    published_keys,
+)
+from projections.ledger.derived import (
+    compare as compare_derived,
+)
 from projections.ledger.fold import StreamFold, checksum_line
 from projections.ledger.schema import LIVE_SCHEMA, table
-from projections.ledger.source import replay
 
 FIELDS = ("posted", "pending", "available", "entries", "checksum")
+
+# on_progress(phase, done, total)
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +61,12 @@ class Difference:
 
 @dataclass
 class TableSnapshot:
-    """Per-account values read from a projection schema."""
+    """Per-account values read from a projection schema, its entry keys and queued entries."""
 
     position: int = 0
     accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    entry_keys: array.array[int] = field(default_factory=lambda: array.array("q"))
+    queued: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -50,37 +75,58 @@ class VerifyReport:
 
     stream: str
     position: int
+    head: int
     events: int
     accounts: int
     differences: list[Difference]
     stream_totals: dict[str, int]
     table_totals: dict[str, int]
+    derived: DerivedReport | None = None
+
+    @property
+    def behind(self) -> bool:
+        """True when the projection had not applied the stream's last card event."""
+        return self.position < self.head
 
     @property
     def ok(self) -> bool:
-        """True when tables and stream agree and every currency sums to zero."""
+        """True when caught up, tables equal the stream, the books balance, derived matches."""
         return (
-            not self.differences
+            not self.behind
+            and not self.differences
             and not any(self.stream_totals.values())
             and not any(self.table_totals.values())
+            and (self.derived is None or self.derived.ok)
         )
+
+    def problems(self) -> list[str]:
+        """One line per failed check (empty when ``ok``)."""
+        out = []
+        if self.behind:
+            out.append(
+                f"the ledger projection is behind the stream: at {self.stream}:{self.position},"
+                f" the stream's card events reach {self.head}"
+            )
+        if self.differences:
+            out.append(f"{len(self.differences)} balance values differ from the stream")
+        for side, totals in (("stream", self.stream_totals), ("tables", self.table_totals)):
+            for currency, total in sorted(totals.items()):
+                if total:
+                    out.append(f"Σ balances in {currency} per {side} is {total}, not 0")
+        if self.derived is not None:
+            out += self.derived.problems(self.stream)
+        return out
 
 
 async def snapshot(conn: psycopg.AsyncConnection[Any], schema: str, stream: str) -> TableSnapshot:
-    """Read the schema's position, balances and entry checksums in one consistent snapshot."""
+    """Read the schema's position, balances, entry checksums and keys in one consistent snapshot."""
     snap = TableSnapshot()
     await conn.set_autocommit(False)
     await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
     async with conn.transaction():
         await conn.execute("SET LOCAL TIME ZONE 'UTC'")
-        cur = await conn.execute(
-            sql.SQL("SELECT last_sequence FROM {} WHERE stream = %s").format(
-                table(schema, "tracking")
-            ),
-            (stream,),
-        )
-        row = await cur.fetchone()
-        snap.position = 0 if row is None else int(row[0])
+        snap.position = await tracking.position(conn, schema, stream)
+        snap.queued = await outbox_keys(conn, stream)
         cur = await conn.execute(
             sql.SQL("SELECT account_id, currency, posted, pending, available FROM {}").format(
                 table(schema, "balances")
@@ -88,9 +134,9 @@ async def snapshot(conn: psycopg.AsyncConnection[Any], schema: str, stream: str)
         )
         for account_id, currency, posted, pending, available in await cur.fetchall():
             snap.accounts[(account_id, currency)] = {
-                "posted": posted,
-                "pending": pending,
-                "available": available,
+                "posted": int(posted),
+                "pending": int(pending),
+                "available": int(available),
                 "entries": 0,
                 "digest": hashlib.sha256(),
             }
@@ -99,6 +145,7 @@ async def snapshot(conn: psycopg.AsyncConnection[Any], schema: str, stream: str)
             " balance_after, effective_at FROM {} WHERE stream = %s"
             " ORDER BY stream, stream_sequence, leg_index"
         ).format(table(schema, "entries"))
+        keys = snap.entry_keys
         async with conn.cursor(name="verify_entries") as named:
             await named.execute(query, (stream,))
             async for seq, leg, txid, account, amount, currency, after, at in named:
@@ -109,21 +156,28 @@ async def snapshot(conn: psycopg.AsyncConnection[Any], schema: str, stream: str)
                 )  # fmt: skip
                 acct["entries"] += 1
                 acct["digest"].update(
-                    checksum_line(stream, seq, leg, txid, amount, currency, after, at)
+                    checksum_line(stream, seq, leg, txid, amount, currency, int(after), at)
                 )
+                keys.append(entry_key(seq, leg))
     for acct in snap.accounts.values():
         acct["checksum"] = acct.pop("digest").hexdigest()
     return snap
 
 
-async def fold_stream(js: JetStreamContext, streams: StreamNames, position: int) -> StreamFold:
+async def fold_stream(
+    store: EventStore, position: int, on_progress: Progress | None = None
+) -> StreamFold:
     """Fold the source stream's card events up to and including ``position``."""
-    fold = StreamFold(streams.source)
+    names = store.names
+    fold = StreamFold(names.source)
     if position > 0:
-        async for item in replay(
-            js, streams.source, streams.subjects.all_cards, after=0, until=position
+        async for got in store.replay_batches(
+            0, [names.subjects.all_cards], until=position, server_filter=False
         ):
-            fold.feed(item.sequence, decode_event(item.data))
+            for message in got.messages:
+                fold.feed(message.sequence, decode_event(message.data))
+            if on_progress is not None:
+                on_progress("folding the stream", got.last_sequence, position)
     return fold
 
 
@@ -141,25 +195,65 @@ def compare(snap: TableSnapshot, fold: StreamFold) -> list[Difference]:
     return diffs
 
 
+async def stream_head(store: EventStore) -> int:
+    """The sequence of the last card event in the source stream (0 when there is none)."""
+    names = store.names
+    last = await store.last_by_subject(names.subjects.all_cards, stream=names.source)
+    return 0 if last is None else last.sequence
+
+
+async def wait_caught_up(
+    conninfo: str, schema: str, stream: str, head: int, seconds: float
+) -> None:
+    """Wait (bounded) until the tracking row reached ``head`` and the outbox is empty."""
+    deadline = time.monotonic() + seconds
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        while True:
+            position = await tracking.position(conn, schema, stream)
+            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM ledger_ops.outbox)")
+            row = await cur.fetchone()
+            if position >= head and not (row and row[0]):
+                return
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
+
+
 async def verify(
     conninfo: str,
-    js: JetStreamContext,
-    streams: StreamNames,
+    store: EventStore,
     schema: str = LIVE_SCHEMA,
+    *,
+    wait_seconds: float = 10.0,
+    derived: bool = True,
+    on_progress: Progress | None = None,
 ) -> VerifyReport:
-    """Compare a projection schema with an independent fold of the stream up to its position."""
+    """Check the projection schema against the stream and (for the live schema) the derived one."""
+    names = store.names
+    head = await stream_head(store)
+    if on_progress is not None:
+        on_progress("waiting for the projection", 0, head)
+    await wait_caught_up(conninfo, schema, names.source, head, wait_seconds)
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
-        snap = await snapshot(conn, schema, streams.source)
-    fold = await fold_stream(js, streams, snap.position)
+        snap = await snapshot(conn, schema, names.source)
+    fold = await fold_stream(store, snap.position, on_progress)
     table_totals: dict[str, int] = {}
     for (_, currency), acct in snap.accounts.items():
         table_totals[currency] = table_totals.get(currency, 0) + (acct["posted"] or 0)
-    return VerifyReport(
-        stream=streams.source,
+    report = VerifyReport(
+        stream=names.source,
         position=snap.position,
+        head=head,
         events=fold.events,
         accounts=len(snap.accounts),
         differences=compare(snap, fold),
         stream_totals=fold.totals(),
         table_totals=table_totals,
     )
+    if derived:
+        if on_progress is not None:
+            on_progress("reading the derived stream", 0, len(snap.entry_keys))
+        published, duplicates = await published_keys(store, snap.position)
+        report.derived = DerivedReport(snap.position, duplicates=duplicates)
+        compare_derived(report.derived, snap.entry_keys, snap.queued, published)
+    return report

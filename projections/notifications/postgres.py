@@ -1,8 +1,8 @@
-"""Apply fetched stream messages to the notification projection: one Postgres transaction a batch.
+"""Apply a batch of stream messages to the notification projection, in the caller's transaction.
 
-Exactly-once rows (DESIGN §3.7): the tracking row of the message's stream is read ``FOR UPDATE`` and
-written in the same transaction as the rows, so a redelivered message (sequence ≤ tracked) is
-skipped, and a crash before commit leaves nothing. Notification ids are stable, so the unique
+Exactly-once rows: the runner (``projections.runner``) or a rebuild holds the stream's tracking row
+in the same transaction and passes only messages above it, so a crash before the commit leaves
+nothing and a redelivery is never applied twice. Notification ids are stable, so the unique
 constraint also absorbs a ledger entry that the at-least-once outbox published twice.
 
 Side effects belong to the live projector only (DESIGN §5): with ``side_effects=True`` the same
@@ -14,13 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 import psycopg
 from psycopg import sql
 
-from contracts.codec import decode_entry, decode_event, decode_preference_event, encode
+from contracts.codec import (
+    UndecodableEvent,
+    decode_entry,
+    decode_event,
+    decode_preference_event,
+    encode,
+)
 from contracts.events import (
     NotificationKind,
     NotificationPreferencesSet,
@@ -29,6 +35,8 @@ from contracts.events import (
     WebhookEndpointSet,
 )
 from contracts.subjects import Subjects
+from eventstore import StoredMessage
+from projections.model import Poison
 from projections.notifications.core import (
     CardState,
     Notification,
@@ -40,9 +48,6 @@ from projections.notifications.core import (
 )
 from projections.notifications.schema import check_schema, ops_schema, wake_channel
 
-# Shared by every batch transaction, taken exclusively by a rebuild while it swaps schemas, so the
-# swap never interleaves with a live batch (see projections/notifications/rebuild.py).
-SWAP_LOCK_KEY: Final = 0x4A4E_5357  # "JNSW"
 OPERATOR: Final = ""  # the card_id of the operator's global scope
 
 _card_states_decoder: Final = msgspec.json.Decoder(list[CardState])
@@ -75,9 +80,6 @@ WITH c AS (
     %s::timestamptz[], %s::text[], %s::bigint[], %s::smallint[], %s::text[])
     AS u(i, c, k, t, st, sq, sb, b)
   ON CONFLICT DO NOTHING RETURNING notification_id
-), t AS (
-  INSERT INTO {s}.tracking (stream, last_sequence) VALUES (%s, %s)
-  ON CONFLICT (stream) DO UPDATE SET last_sequence = EXCLUDED.last_sequence
 )"""
 _WRITE_REBUILD_TAIL: Final = " SELECT notification_id, 0 FROM n"
 _WRITE_LIVE_TAIL: Final = """, d AS (
@@ -90,27 +92,12 @@ _WRITE_LIVE_TAIL: Final = """, d AS (
 SELECT notification_id, (SELECT count(*) FROM d), pg_notify(%s, '') FROM n"""
 
 
-class Message(Protocol):
-    """What the projector needs of a stored stream message."""
-
-    @property
-    def stream(self) -> str: ...
-    @property
-    def sequence(self) -> int: ...
-    @property
-    def subject(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-
-
 @dataclass
 class BatchResult:
     """What one applied batch did."""
 
     created: list[Notification] = field(default_factory=list)
     deliveries: int = 0
-    duplicates: int = 0  # messages at or below the tracked sequence (redeliveries)
-    last_sequence: int = 0
 
 
 @dataclass
@@ -128,61 +115,50 @@ class NotificationProjector:
         self.side_effects = side_effects
         self._s = sql.Identifier(self.schema)
         self._o = sql.Identifier(ops_schema(self.schema))
-        self._tracked_sql = sql.SQL(
-            "SELECT last_sequence FROM {}.tracking WHERE stream = %s FOR UPDATE"
-        ).format(self._s)
         self._load_sql = sql.SQL(_LOAD).format(s=self._s)
         tail = _WRITE_LIVE_TAIL if side_effects else _WRITE_REBUILD_TAIL
         self._write_sql = sql.SQL(_WRITE_COMMON).format(s=self._s) + sql.SQL(tail).format(o=self._o)
 
     async def apply(
-        self, conn: psycopg.AsyncConnection[Any], stream: str, messages: Sequence[Message]
+        self, conn: psycopg.AsyncConnection[Any], stream: str, messages: Sequence[StoredMessage]
     ) -> BatchResult:
-        """Apply ``messages`` of ``stream`` (in sequence order) in one transaction.
+        """Apply new ``messages`` of ``stream`` (in sequence order) in the caller's transaction.
 
-        Three round trips at most, whatever the batch size: the reads (swap lock, tracking row,
-        state of every card and scope the batch touches) are pipelined, the writes are one
-        statement, then COMMIT. Latency at low load is round trips, so they are counted.
+        Two round trips, whatever the batch size: one read of the state of every card and scope
+        the batch touches, one write statement. Latency at low load is round trips.
+        A message that cannot be decoded raises ``Poison`` (the projection stops loudly).
         """
         result = BatchResult()
+        if not messages:
+            return result
         ids = self._card_ids(messages)
-        async with conn.transaction():
-            async with conn.pipeline():
-                await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (SWAP_LOCK_KEY,))
-                tracking = await conn.execute(self._tracked_sql, (stream,))
-                loading = await conn.execute(self._load_sql, (ids, ids, ids))
-                row = await tracking.fetchone()
-                loaded = await loading.fetchone()
-            last = int(row[0]) if row else 0
-            # A redelivery can repeat a message inside one fetch, too: one copy per sequence.
-            unique = {m.sequence: m for m in messages if m.sequence > last}
-            fresh = [unique[seq] for seq in sorted(unique)]
-            result.duplicates = len(messages) - len(fresh)
-            result.last_sequence = max([last, *(m.sequence for m in fresh)])
-            if not fresh:
-                return result
-            assert loaded is not None
-            cards, scopes = _parse_loaded(loaded, ids)
-            notes: dict[str, Notification] = {}
-            for msg in fresh:
-                for note in await self._one(conn, msg, cards, scopes):
-                    notes.setdefault(note.notification_id, note)  # the first copy counts
-            result.created, result.deliveries = await self._write(
-                conn, stream, result.last_sequence, cards, list(notes.values()), scopes
-            )
+        cur = await conn.execute(self._load_sql, (ids, ids, ids))
+        loaded = await cur.fetchone()
+        assert loaded is not None
+        cards, scopes = _parse_loaded(loaded, ids)
+        notes: dict[str, Notification] = {}
+        for msg in messages:
+            for note in await self._one(conn, msg, cards, scopes):
+                notes.setdefault(note.notification_id, note)  # the first copy counts
+        result.created, result.deliveries = await self._write(
+            conn, cards, list(notes.values()), scopes
+        )
         return result
 
-    def _card_ids(self, messages: Sequence[Message]) -> list[str]:
+    def _card_ids(self, messages: Sequence[StoredMessage]) -> list[str]:
         """Every card (and the operator scope) whose state the batch may read."""
         card_ids: set[str] = {OPERATOR}
         for msg in messages:
             kind = self._kind_of(msg.subject)
-            if kind == "card":
-                card_ids.add(self.subjects.card_id_of(msg.subject))
-            elif kind == "ledger":
-                card_ids.add(decode_entry(msg.data).card_id)
-            elif kind == "notify":
-                card_ids.add(decode_preference_event(msg.data).card_id)
+            try:
+                if kind == "card":
+                    card_ids.add(self.subjects.card_id_of(msg.subject))
+                elif kind == "ledger":
+                    card_ids.add(decode_entry(msg.data).card_id)
+                elif kind == "notify":
+                    card_ids.add(decode_preference_event(msg.data).card_id)
+            except (UndecodableEvent, ValueError) as exc:
+                raise Poison(msg, str(exc)) from exc
         return sorted(card_ids)
 
     def _kind_of(self, subject: str) -> str:
@@ -192,13 +168,16 @@ class NotificationProjector:
     async def _one(
         self,
         conn: psycopg.AsyncConnection[Any],
-        msg: Message,
+        msg: StoredMessage,
         cards: dict[str, CardState],
         scopes: dict[str, _Scope],
     ) -> list[Notification]:
         kind = self._kind_of(msg.subject)
         if kind == "card":
-            event = decode_event(msg.data)  # a poison message raises: the projector stops loudly
+            try:
+                event = decode_event(msg.data)
+            except UndecodableEvent as exc:
+                raise Poison(msg, str(exc)) from exc
             card = cards.setdefault(event.card_id, new_card_state(event.card_id))
             prefs = effective(scopes[event.card_id].prefs, scopes[OPERATOR].prefs)
             return on_source_event(card, event, msg.stream, msg.sequence, prefs)
@@ -257,13 +236,11 @@ class NotificationProjector:
     async def _write(
         self,
         conn: psycopg.AsyncConnection[Any],
-        stream: str,
-        last_sequence: int,
         cards: dict[str, CardState],
         notes: list[Notification],
         scopes: dict[str, _Scope],
     ) -> tuple[list[Notification], int]:
-        """Store cards, new notifications, their deliveries and the tracking row: one statement.
+        """Store cards, new notifications and their deliveries: one statement.
 
         Deliveries are computed for every candidate and inserted only for the notifications
         the statement actually inserted (``RETURNING``), so a duplicate never queues a webhook.
@@ -280,8 +257,6 @@ class NotificationProjector:
             [n.sequence for n in notes],
             [n.sub for n in notes],
             [encode(n).decode() for n in notes],
-            stream,
-            last_sequence,
         ]
         if self.side_effects:
             deliveries = self._deliveries(notes, scopes)
@@ -292,6 +267,35 @@ class NotificationProjector:
         new = {row[0] for row in rows}
         queued = int(rows[0][1]) if rows else 0
         return [n for n in notes if n.notification_id in new], queued
+
+    async def queue_deliveries(
+        self, conn: psycopg.AsyncConnection[Any], notes: list[Notification], ops: str
+    ) -> int:
+        """Queue the webhook deliveries of ``notes`` in schema ``ops`` as a live batch would.
+
+        A rebuild that got ahead of the live runner takes over these side effects for the
+        notifications the live runner will now skip. Endpoints and preferences come from this
+        projector's schema. Returns how many deliveries were queued (repeats are ignored).
+        """
+        if not notes:
+            return 0
+        ids = sorted({OPERATOR, *(n.card_id for n in notes)})
+        cur = await conn.execute(self._load_sql, (ids, ids, ids))
+        loaded = await cur.fetchone()
+        assert loaded is not None
+        _, scopes = _parse_loaded(loaded, ids)
+        rows = self._deliveries(notes, scopes)
+        if not rows:
+            return 0
+        cur = await conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.deliveries (notification_id, card_id, scope, endpoint_id, body)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+                " %s::bytea[]) ON CONFLICT DO NOTHING"
+            ).format(sql.Identifier(ops)),
+            [[row[i] for row in rows] for i in range(5)],
+        )
+        return cur.rowcount
 
     def _deliveries(
         self, notes: list[Notification], scopes: dict[str, _Scope]

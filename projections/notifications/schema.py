@@ -4,7 +4,8 @@
   state, preferences, webhook endpoints and the tracking rows (one per stream). A rebuild builds a
   shadow copy from sequence 1 and swaps it in by renaming schemas.
 - ``<schema>_ops`` holds the state of side effects: webhook deliveries (attempts, next attempt,
-  dead letters). A rebuild never touches it: nothing is re-sent, nothing in flight is forgotten.
+  dead letters), and the projection's lease. A rebuild never touches it: nothing is re-sent,
+  nothing in flight is forgotten.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ _PROJECTION_DDL: Final = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.tracking (
     stream text PRIMARY KEY,
-    last_sequence bigint NOT NULL
+    last_sequence bigint NOT NULL,
+    last_event_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- added after the first release (the runner records when the last applied message was stored)
+ALTER TABLE {s}.tracking ADD COLUMN IF NOT EXISTS last_event_at timestamptz;
+ALTER TABLE {s}.tracking ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
 CREATE TABLE IF NOT EXISTS {s}.notifications (
     notification_id text PRIMARY KEY,
     card_id text NOT NULL,
@@ -81,6 +87,13 @@ CREATE TABLE IF NOT EXISTS {o}.deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON {o}.deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_card ON {o}.deliveries (card_id, delivery_id);
+-- the single writer's fencing epoch (projections.lease)
+CREATE TABLE IF NOT EXISTS {o}.projector_lease (
+    projection text PRIMARY KEY,
+    epoch bigint NOT NULL,
+    holder text NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now()
+);
 """
 
 

@@ -93,17 +93,17 @@ def show_balance(args: argparse.Namespace, settings: Settings) -> int:
     for b in reply.balances:
         table.add_row(
             b.currency,
-            money(b.posted, b.currency),
-            money(b.pending, b.currency),
-            money(b.available, b.currency),
-            money(b.credit_limit, b.currency) if b.credit_limit else "—",
+            money(int(b.posted), b.currency),
+            money(int(b.pending), b.currency),
+            money(int(b.available), b.currency),
+            money(int(b.credit_limit), b.currency) if int(b.credit_limit or 0) else "—",
             str(b.entry_count),
         )
     out = console()
     if reply.balances:
         out.print(table)
     else:
-        out.print(f"{reply.account_id}: no entries")
+        out.print(f"{reply.account_id}: no activity yet (balance 0)")
     out.print(f"[dim]as projected up to {position(reply.position.stream, reply.position.sequence)}")
     return 0
 
@@ -139,7 +139,7 @@ def show_entries(args: argparse.Namespace, settings: Settings) -> int:
             e.transaction_id,
             e.event_type,
             money(e.amount.amount, e.amount.currency),
-            money(e.balance_after, e.amount.currency),
+            money(int(e.balance_after), e.amount.currency),
             e.entry_id,
         )
     console().print(table)

@@ -16,25 +16,18 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import nats
-import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from projections.ledger.verify import VerifyReport
-from projections.ledger.verify import verify as verify_ledger
-from projections.notifications.rebuild import verify as verify_notifications
 from services.cli import ledger as ledger_cli
 from services.cli.clients import connect
 from services.cli.output import money, position
 from services.cli.scenario import ScenarioResult, check, run_scenario
 from services.dev import SERVICES, DevSystem, with_free_ports
-from services.notification.jetstream import StoredMessage, replay
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -171,40 +164,9 @@ def _show_notifications(out: Console, result: ScenarioResult) -> None:
 
 
 def _verify(out: Console, settings: Settings) -> list[str]:
-    """``jetledger verify`` (the ledger) and the notifications' independent fold."""
+    """``jetledger verify``: both projections against independent folds of the streams."""
     out.print("[bold]jetledger verify[/] — the tables against independent folds of the stream:")
-    ledger, differences = asyncio.run(_folds(settings))
-    ledger_cli.render(ledger, out)
-    problems = [] if ledger.ok else [f"jetledger verify: {len(ledger.differences)} differences"]
-    if differences:
-        problems.append(f"notifications differ from their fold: {', '.join(differences[:5])}")
-    else:
-        out.print("[green]OK[/] notifications: rows equal an independent fold of the streams")
-    return problems
-
-
-async def _folds(settings: Settings) -> tuple[VerifyReport, list[str]]:
-    nc = await nats.connect(settings.nats_url, name="jetledger-demo", connect_timeout=5)
-    js = nc.jetstream()
-
-    async def read(
-        stream: str, filters: Sequence[str], start: int
-    ) -> AsyncIterator[list[StoredMessage]]:
-        async for batch in replay(js, stream, filters, from_sequence=start):
-            yield batch
-
-    try:
-        ledger = await verify_ledger(settings.database_url, js, settings.streams)
-        conn: psycopg.AsyncConnection[Any]
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, autocommit=True
-        ) as conn:
-            notes = await verify_notifications(
-                conn, read, settings.streams, settings.notification_schema
-            )
-    finally:
-        await nc.close()
-    return ledger, notes
+    return asyncio.run(ledger_cli.check_projections(settings, out))
 
 
 def _show_memory(out: Console, rss: dict[str, int]) -> None:

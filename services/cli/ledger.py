@@ -1,11 +1,14 @@
-"""``jetledger replay ledger`` and ``jetledger verify``: rebuild and prove the ledger projection.
+"""``jetledger replay ledger``, ``jetledger verify`` and ``jetledger repair derived``.
 
-- ``replay ledger`` rebuilds the projection from sequence 0 into a shadow schema (ordered
-  consumer, COPY) with a progress bar, then swaps it in atomically while the service keeps serving
-  (``--no-swap`` keeps the shadow for inspection). It never re-emits ``ledger.entry_created``.
-- ``verify`` folds the stream independently and compares per-account balances and entry checksums
-  with the live tables; exit status 1 and a table of differences when they disagree.
+- ``replay ledger`` rebuilds the projection from sequence 0 into a shadow schema (the event
+  store's reader, COPY) with a progress bar, then swaps it in atomically while the service keeps
+  serving (``--no-swap`` keeps the shadow for inspection). It never re-emits ``ledger.entry_created``.
+- ``verify`` proves the projections: each caught up with the stream (waits ``--wait`` seconds for
+  them), the ledger tables equal an independent fold, the derived stream holds exactly the entries
+  table, the notification rows equal their fold. One line per failed check, exit 1.
+- ``repair derived`` re-emits the entries missing from the derived stream (idempotent).
 
+With NATS or Postgres unreachable, each prints one line and exits 6 within seconds.
 Other areas add their own ``replay <projection>`` with ``services.cli.parsing.replay_subparsers``.
 """
 
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats
 import psycopg
 from rich.console import Console
 from rich.progress import (
@@ -28,21 +32,27 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from contracts.errors import InvalidArgument, Unavailable
-from contracts.money import format_minor
+from projections import tracking
+from projections.ledger.derived import repair_derived
 from projections.ledger.migrate import apply_migrations
 from projections.ledger.rebuild import Progress as RebuildProgress
 from projections.ledger.rebuild import Rebuild
+from projections.ledger.schema import LIVE_SCHEMA
 from projections.ledger.verify import VerifyReport, verify
+from projections.notifications.rebuild import verify as verify_notifications
+from projections.outage import database_outage_as_unavailable
 from services.cli.parsing import replay_subparsers
 from services.settings import Settings
+from services.wiring import command_database_url, command_store
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
+T = TypeVar("T")
+
 
 def register(subparsers: Subparsers) -> None:
-    """Add ``replay ledger`` and ``verify``."""
+    """Add ``replay ledger``, ``verify`` and ``repair derived``."""
     replay = replay_subparsers(subparsers).add_parser(
         "ledger", help="rebuild the ledger projection (shadow schema, COPY, atomic swap)"
     )
@@ -52,67 +62,83 @@ def register(subparsers: Subparsers) -> None:
     replay.add_argument("--chunk", type=int, default=5_000, help="events per COPY chunk")
     replay.set_defaults(handler=replay_ledger)
     check = subparsers.add_parser(
-        "verify", help="prove the ledger tables equal an independent fold of the stream"
+        "verify",
+        help="prove the projections: caught up, equal to independent folds, derived stream whole",
     )
-    check.add_argument("--schema", default="ledger", help="projection schema to check")
-    check.set_defaults(handler=verify_ledger)
+    check.add_argument("--schema", default=LIVE_SCHEMA, help="ledger projection schema to check")
+    check.add_argument(
+        "--wait", type=float, default=10.0, metavar="SECONDS",
+        help="how long a projection may take to catch up with the stream",
+    )  # fmt: skip
+    check.set_defaults(handler=verify_all)
+    repair = subparsers.add_parser("repair", help="repair what a projection published")
+    actions = repair.add_subparsers(dest="what", metavar="WHAT", required=True)
+    actions.add_parser(
+        "derived", help="re-emit ledger.entry_created for entries missing from the derived stream"
+    ).set_defaults(handler=repair_derived_stream)
 
 
-def _require(settings: Settings) -> None:
-    if not settings.nats_url or not settings.database_url:
-        raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
+def run_command(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
+    """Run one command's coroutine; a Postgres outage becomes ``Unavailable`` (exit 6)."""
+
+    async def guarded() -> T:
+        async with database_outage_as_unavailable(f"Postgres at {_host(settings)}"):
+            return await body()
+
+    return asyncio.run(guarded())
 
 
-async def _connect(settings: Settings) -> Any:
+def _host(settings: Settings) -> str:
     try:
-        return await nats.connect(settings.nats_url, name="jetledger-cli", connect_timeout=5)
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+        params = psycopg.conninfo.conninfo_to_dict(settings.database_url)
+    except psycopg.ProgrammingError:
+        return "the configured URL"
+    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
 
 
-def replay_ledger(args: argparse.Namespace, settings: Settings) -> int:
-    """Rebuild the ledger projection with a progress bar."""
-    _require(settings)
-    return asyncio.run(_replay(args, settings))
-
-
-async def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    console = Console(stderr=True)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        await apply_migrations(conn)
-    nc = await _connect(settings)
+@contextmanager
+def progress_bar(console: Console, what: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar; yields ``update(description, completed, total, **fields)``."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("seq · {task.fields[events]} events · {task.fields[rate]:,.0f} events/s"),
+        TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    try:
-        with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("replay", total=None, events=0, rate=0.0)
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(what, total=None, note="")
+
+        def update(description: str, completed: int, total: int, note: str = "") -> None:
+            bar.update(
+                task, description=description, completed=completed, total=max(total, completed, 1),
+                note=note,
+            )  # fmt: skip
+
+        yield update
+
+
+def replay_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    """Rebuild the ledger projection with a progress bar."""
+    return run_command(settings, lambda: _replay(args, settings))
+
+
+async def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    console = Console(stderr=True)
+    db = command_database_url(settings)
+    async with command_store(settings) as store:
+        async with await psycopg.AsyncConnection.connect(db) as conn:
+            await apply_migrations(conn)
+        with progress_bar(console, "replay") as update:
 
             def show(p: RebuildProgress) -> None:
-                bar.update(
-                    task,
-                    description=p.phase,
-                    completed=p.position,
-                    total=max(p.target, p.position, 1),
-                    events=p.events,
-                    rate=p.rate,
-                )
+                note = f"seq · {p.events:,} events · {p.rate:,.0f} events/s"
+                update(p.phase, p.position, p.target, note)
 
-            rebuild = Rebuild(
-                settings.database_url,
-                nc.jetstream(),
-                settings.streams,
-                chunk=args.chunk,
-                on_progress=show,
+            result = await Rebuild(db, store, chunk=args.chunk, on_progress=show).run(
+                swap=not args.no_swap
             )
-            result = await rebuild.run(swap=not args.no_swap)
-    finally:
-        await nc.close()
     where = "swapped in as 'ledger'" if result.swapped else f"kept as schema {result.schema!r}"
     console.print(
         f"rebuilt the ledger from {result.events} events up to {settings.stream}:{result.position}"
@@ -122,43 +148,91 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def verify_ledger(args: argparse.Namespace, settings: Settings) -> int:
-    """Compare the ledger tables with an independent fold; exit 1 on any difference."""
-    _require(settings)
-    return asyncio.run(_verify(args, settings))
+def verify_all(args: argparse.Namespace, settings: Settings) -> int:
+    """Verify the ledger and the notification projection; exit 1 on any failed check."""
+    console = Console()
+    problems = run_command(settings, lambda: check_projections(settings, console, args))
+    return 1 if problems else 0
 
 
-async def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    nc = await _connect(settings)
-    try:
-        report = await verify(settings.database_url, nc.jetstream(), settings.streams, args.schema)
-    finally:
-        await nc.close()
-    render(report, Console())
-    return 0 if report.ok else 1
+async def check_projections(
+    settings: Settings, console: Console, args: argparse.Namespace | None = None
+) -> list[str]:
+    """Run every verification, print one line per result; return the problems found."""
+    schema = getattr(args, "schema", LIVE_SCHEMA)
+    wait = getattr(args, "wait", 10.0)
+    db = command_database_url(settings)
+    problems: list[str] = []
+    async with command_store(settings) as store:
+        with progress_bar(Console(stderr=True), "verify") as update:
+            report = await verify(
+                db, store, schema, wait_seconds=wait, derived=schema == LIVE_SCHEMA,
+                on_progress=lambda phase, done, total: update(f"ledger: {phase}", done, total),
+            )  # fmt: skip
+            update("notifications", 0, 1)
+            notes = await _verify_notifications(db, store, settings.notification_schema, wait)
+            update("done", 1, 1)
+    render(report, console)
+    problems += [f"ledger: {p}" for p in report.problems()]
+    if notes is None:
+        console.print("[dim]notifications: not deployed here (no schema); skipped[/]")
+    elif notes:
+        shown = notes if len(notes) <= 5 else [*notes[:5], f"… and {len(notes) - 5} more"]
+        for line in shown:
+            console.print(f"[red]MISMATCH[/] notifications: {line}")
+        problems += [f"notifications: {p}" for p in notes]
+    else:
+        console.print("[green]OK[/] notifications: caught up; rows equal an independent fold")
+    return problems
+
+
+async def _verify_notifications(db: str, store: Any, schema: str, wait: float) -> list[str] | None:
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.tracking",))
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return None
+        return await verify_notifications(conn, store, schema, wait_seconds=wait)
 
 
 def render(report: VerifyReport, console: Console, limit: int = 50) -> None:
-    """Print a verify report: one summary line, and the differences as a table."""
+    """Print a ledger verify report: one line per check, and the differences as a table."""
     head = (
         f"{report.stream} up to sequence {report.position}: {report.events} events,"
         f" {report.accounts} account balances"
     )
     if report.ok:
-        console.print(f"[green]OK[/] {head}: tables equal the stream")
+        derived = ""
+        if report.derived is not None:
+            derived = f"; the derived stream holds all {report.derived.entries} entries"
+        console.print(f"[green]OK[/] ledger: {head}: tables equal the stream{derived}")
         return
-    console.print(f"[red]MISMATCH[/] {head}: {len(report.differences)} differences")
-    for side, totals in (("stream", report.stream_totals), ("tables", report.table_totals)):
-        for currency, total in sorted(totals.items()):
-            if total:
-                console.print(
-                    f"  Σ balances in {currency} per {side} = {format_minor(total, currency)} (must be 0)"
-                )
-    table = Table("account", "currency", "field", "in tables", "in stream")
-    for diff in report.differences[:limit]:
-        table.add_row(
-            diff.account_id, diff.currency, diff.field, str(diff.in_tables), str(diff.in_stream)
-        )
-    console.print(table)
-    if len(report.differences) > limit:
-        console.print(f"… and {len(report.differences) - limit} more")
+    for problem in report.problems():
+        console.print(f"[red]FAILED[/] ledger: {problem}")
+    if report.differences:
+        table = Table("account", "currency", "field", "in tables", "in stream")
+        for diff in report.differences[:limit]:
+            table.add_row(
+                diff.account_id, diff.currency, diff.field, str(diff.in_tables), str(diff.in_stream)
+            )
+        console.print(table)
+        if len(report.differences) > limit:
+            console.print(f"… and {len(report.differences) - limit} more")
+
+
+def repair_derived_stream(args: argparse.Namespace, settings: Settings) -> int:
+    """Re-emit the entries missing from the derived stream."""
+    return run_command(settings, lambda: _repair(settings))
+
+
+async def _repair(settings: Settings) -> int:
+    db = command_database_url(settings)
+    async with command_store(settings) as store:
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            position = await tracking.position(conn, LIVE_SCHEMA, settings.stream)
+        emitted = await repair_derived(db, store, position)
+    print(
+        f"re-emitted {emitted} ledger.entry_created events missing from {settings.derived_stream}"
+        f" (entries up to {settings.stream}:{position})"
+    )
+    return 0

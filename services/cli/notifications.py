@@ -11,32 +11,32 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import nats
 import psycopg
 from google.protobuf.json_format import MessageToDict, MessageToJson
 from rich.console import Console
 from rich.table import Table
 
-from contracts.errors import InvalidArgument, Unavailable
+from contracts.errors import InvalidArgument
 from contracts.money import format_minor
 from jetledger.notification.v1 import notification_pb2 as pb
 from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
 from projections.notifications.core import ALL_KINDS
+from projections.notifications.rebuild import Progress as RebuildProgress
 from projections.notifications.rebuild import rebuild, verify
 from projections.notifications.schema import create_schemas
+from services.cli.ledger import progress_bar, run_command
 from services.cli.parsing import replay_subparsers
 from services.grpc_errors import error_from_rpc
 from services.notification.grpc_api import kind_to_pb
-from services.notification.jetstream import StoredMessage, replay
 from services.settings import Settings
+from services.wiring import command_database_url, command_store
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -100,50 +100,37 @@ def register(subparsers: Subparsers) -> None:
     deliveries.set_defaults(handler=list_deliveries)
 
 
-def _require(settings: Settings) -> None:
-    if not settings.nats_url or not settings.database_url:
-        raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
-
-
-def _reader(js: Any) -> Any:
-    async def read(
-        stream: str, filters: Sequence[str], start: int
-    ) -> AsyncIterator[list[StoredMessage]]:
-        async for batch in replay(js, stream, filters, from_sequence=start):
-            yield batch
-
-    return read
-
-
 def replay_notifications(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild the notification projection from the streams and swap it in."""
-    _require(settings)
-    return asyncio.run(_rebuild(settings))
+    return run_command(settings, lambda: _rebuild(settings))
 
 
 async def _rebuild(settings: Settings) -> int:
     console = Console(stderr=True)
-    nc = await _nats(settings)
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, autocommit=True
-        ) as conn:
-            await create_schemas(conn, settings.notification_schema)
-            with console.status("replaying streams into a shadow schema"):
-                report = await rebuild(
-                    conn, _reader(nc.jetstream()), settings.streams, settings.notification_schema
-                )
-    finally:
-        await nc.close()
+    db = command_database_url(settings)
+    async with (
+        command_store(settings) as store,
+        await psycopg.AsyncConnection.connect(db, autocommit=True) as conn,
+    ):
+        await create_schemas(conn, settings.notification_schema)
+        with progress_bar(console, "replay") as update:
+
+            def show(p: RebuildProgress) -> None:
+                rate = p.applied / p.elapsed if p.elapsed > 0 else 0.0
+                update(p.phase, p.applied, p.target, f"messages · {rate:,.0f}/s")
+
+            report = await rebuild(conn, store, settings.notification_schema, show)
     applied = ", ".join(f"{stream}: {n} messages" for stream, n in report.messages.items())
-    console.print(f"rebuilt {report.notifications} notifications ({applied}); swapped in")
+    console.print(
+        f"rebuilt {report.notifications} notifications ({applied}) in {report.seconds:.1f}s;"
+        " swapped in"
+    )
     return 0
 
 
 def verify_notifications(args: argparse.Namespace, settings: Settings) -> int:
-    """Exit 1 and list the differences when live rows disagree with the independent fold."""
-    _require(settings)
-    problems = asyncio.run(_verify(settings))
+    """Exit 1 and list the problems when the projection is behind or differs from its fold."""
+    problems = run_command(settings, lambda: _verify(settings))
     for problem in problems:
         print(problem)
     print(f"{len(problems)} differences", file=sys.stderr)
@@ -151,23 +138,12 @@ def verify_notifications(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _verify(settings: Settings) -> list[str]:
-    nc = await _nats(settings)
-    try:
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, autocommit=True
-        ) as conn:
-            return await verify(
-                conn, _reader(nc.jetstream()), settings.streams, settings.notification_schema
-            )
-    finally:
-        await nc.close()
-
-
-async def _nats(settings: Settings) -> Any:
-    try:
-        return await nats.connect(settings.nats_url, name="jetledger-cli", connect_timeout=5)
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    db = command_database_url(settings)
+    async with (
+        command_store(settings) as store,
+        await psycopg.AsyncConnection.connect(db, autocommit=True) as conn,
+    ):
+        return await verify(conn, store, settings.notification_schema)
 
 
 class _Client:

@@ -251,7 +251,7 @@ def _read_balances(result: ScenarioResult, clients: Clients, accounts: list[str]
         reached = max(reached, reply.position.sequence)
         for b in reply.balances:
             result.balances[account] = AccountBalance(
-                account, b.currency, b.posted, b.pending, b.available, b.entry_count
+                account, b.currency, int(b.posted), int(b.pending), int(b.available), b.entry_count
             )
     return reached
 

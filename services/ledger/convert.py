@@ -58,13 +58,13 @@ def position(stream: str, sequence: int) -> pb.StreamPosition:
 
 
 def balance(view: BalanceView) -> pb.Balance:
-    """Return a Balance message."""
+    """Return a Balance message (amounts as base-10 strings: they are not bounded by int64)."""
     return pb.Balance(
         currency=view.currency,
-        posted=view.posted,
-        pending=view.pending,
-        available=view.available,
-        credit_limit=view.credit_limit,
+        posted=str(view.posted),
+        pending=str(view.pending),
+        available=str(view.available),
+        credit_limit=str(view.credit_limit),
         entry_count=view.entry_count,
     )
 
@@ -78,7 +78,7 @@ def entry(view: EntryView) -> pb.Entry:
         account_id=view.account_id,
         amount=pb.Money(amount=view.amount, currency=view.currency),
         direction=pb.DIRECTION_DEBIT if view.direction == "debit" else pb.DIRECTION_CREDIT,
-        balance_after=view.balance_after,
+        balance_after=str(view.balance_after),
         effective_time=timestamp(view.effective_at),
         position=position(view.stream, view.stream_sequence),
         event_type=view.event_type,

@@ -16,7 +16,6 @@ import os
 import socket
 from typing import Any
 
-import nats
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -24,10 +23,13 @@ from contracts.errors import InvalidArgument
 from jetledger.ledger.v1 import ledger_pb2_grpc
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.migrate import apply_migrations
-from projections.ledger.projector import PoisonEvent, Projector, ProjectorConfig
+from projections.ledger.projection import LedgerProjection
+from projections.metrics import ProjectionMetrics
+from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.settings import Settings
+from services.wiring import connect_store
 
 log = logging.getLogger("jetledger.ledger")
 
@@ -38,8 +40,9 @@ async def serve(settings: Settings) -> None:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         await apply_migrations(conn)
-    nc = await nats.connect(settings.nats_url, name="jetledger-ledger", max_reconnect_attempts=-1)
-    js = nc.jetstream()
+    # Provisions both streams with the configured replicas and duplicate window (idempotent).
+    nats = await connect_store(settings, "ledger")
+    store = nats.store
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url,
         min_size=1,
@@ -50,7 +53,8 @@ async def serve(settings: Settings) -> None:
     )
     await pool.open(wait=True)
     metrics = LedgerMetrics()
-    servicer = LedgerServicer(pool, js, settings.streams, settings.ledger_max_wait_seconds)
+    projection_metrics = ProjectionMetrics(metrics.registry)
+    servicer = LedgerServicer(pool, store, settings.ledger_max_wait_seconds)
     runtime = await start_grpc(
         [GrpcService(SERVICE_NAME, ledger_pb2_grpc.add_LedgerServiceServicer_to_server, servicer)],
         settings.host,
@@ -60,44 +64,44 @@ async def serve(settings: Settings) -> None:
     )
     background: set[asyncio.Task[Any]] = set()
 
-    def on_poison(_: PoisonEvent | None) -> None:
+    def not_serving(_: object = None) -> None:
         task = asyncio.get_running_loop().create_task(runtime.set_serving(False))
         background.add(task)
         task.add_done_callback(background.discard)
 
-    projector = Projector(
+    runner = ProjectionRunner(
+        LedgerProjection(settings.database_url, store, metrics),
+        store,
         settings.database_url,
-        js,
-        settings.streams,
-        metrics,
-        ProjectorConfig(
+        projection_metrics,
+        RunnerConfig(
             batch=settings.ledger_batch,
-            ack_wait=settings.ledger_ack_wait_seconds,
+            ack_wait_seconds=settings.ledger_ack_wait_seconds,
             holder=f"{socket.gethostname()}:{os.getpid()}",
             fault=settings.ledger_fault,
         ),
-        on_poison=on_poison,
+        on_halt=not_serving,
     )
     stop = asyncio.Event()
-    projector_task = asyncio.create_task(projector.run(stop), name="ledger-projector")
+    runner_task = asyncio.create_task(runner.run(stop), name="ledger-projection")
 
-    async def stop_projector() -> None:
+    async def stop_runner() -> None:
         stop.set()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(projector_task, 30)
+            await asyncio.wait_for(runner_task, 30)
 
-    runtime.on_close(nc.drain)
+    runtime.on_close(nats.close)
     runtime.on_close(pool.close)
-    runtime.on_close(stop_projector)  # closers run in reverse: projector, then pool, then NATS
+    runtime.on_close(stop_runner)  # closers run in reverse: projection, then pool, then NATS
 
-    def on_projector_done(task: asyncio.Task[None]) -> None:
+    def on_runner_done(task: asyncio.Task[None]) -> None:
         # An unexpected error stops projecting but not serving reads: report it, do not crash-loop.
         if not task.cancelled() and task.exception() is not None:
-            log.error("projector failed; reporting NOT_SERVING", exc_info=task.exception())
-            metrics.stopped.set(1)
-            on_poison(None)
+            log.error("projection failed; reporting NOT_SERVING", exc_info=task.exception())
+            projection_metrics.stopped.labels(runner.projection.name).set(1)
+            not_serving()
 
-    projector_task.add_done_callback(on_projector_done)
+    runner_task.add_done_callback(on_runner_done)
     await wait_for_shutdown_signal()
     log.info("shutting down")
     await runtime.stop(grace=5.0)

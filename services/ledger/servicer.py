@@ -2,31 +2,28 @@
 read-your-writes.
 
 ``min_position`` makes a call wait (bounded by ``max_wait`` and the call's deadline) until the
-projection has reached that position of the named stream. The projector's tracking row only moves
-on messages it consumes (``card.>``), while a command's position is often its outcome marker
-(``command.<id>``), so "reached" also holds when no message the projector consumes lies between
-its position and the one asked for — one ``next_by_subj`` lookup on the stream answers that.
+projection covers that position of the named stream (``projections.freshness``). A Postgres or
+NATS outage answers UNAVAILABLE with a plain message, never UNKNOWN.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
-import nats.errors
 import psycopg
-from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.errors import InvalidArgument, Unavailable
+from contracts.errors import InvalidArgument
 from contracts.ids import check_account_id, check_id
-from contracts.subjects import StreamNames
+from eventstore import EventStore
 from jetledger.ledger.v1 import ledger_pb2 as pb
 from jetledger.ledger.v1 import ledger_pb2_grpc
+from projections.freshness import wait_until_covered
 from projections.ledger import queries
-from projections.ledger.source import last_sequence, next_matching_sequence
+from projections.outage import database_outage_as_unavailable
 from services.grpc_errors import translate_errors
 from services.ledger import convert
 
@@ -41,15 +38,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     """Answers ledger queries from the live projection schema."""
 
     def __init__(
-        self,
-        pool: AsyncConnectionPool[Any],
-        js: JetStreamContext,
-        streams: StreamNames,
-        max_wait: float = 10.0,
+        self, pool: AsyncConnectionPool[Any], store: EventStore, max_wait: float = 10.0
     ) -> None:
         self._pool = pool
-        self._js = js
-        self._streams = streams
+        self._store = store
+        self._streams = store.names
         self._max_wait = max_wait
 
     @translate_errors
@@ -110,9 +103,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             position=convert.position(self._streams.source, pos),
         )
 
-    def _read(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection in a REPEATABLE READ READ ONLY transaction (position + rows agree)."""
-        return _ReadTransaction(self._pool)
+        async with (
+            database_outage_as_unavailable("the ledger"),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
 
     def _check_stream(self, stream: str) -> None:
         if stream != self._streams.source:
@@ -133,57 +133,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def wait_for(self, sequence: int, budget: float) -> None:
         """Return once the projection covers ``sequence``; raise ``Unavailable`` after ``budget``."""
-        deadline = time.monotonic() + budget
-        pause = 0.002
-        checked_end = False
-        while True:
-            async with self._pool.connection() as conn:
-                pos = await queries.position(conn, self._streams.source)
-            if pos >= sequence:
-                return
-            try:
-                upcoming = await next_matching_sequence(
-                    self._js, self._streams.source, self._streams.subjects.all_cards, pos
-                )
-                if upcoming is None or upcoming > sequence:
-                    if not checked_end:
-                        checked_end = True
-                        end = await last_sequence(self._js, self._streams.source)
-                        if sequence > end:
-                            raise InvalidArgument(
-                                f"min_position {sequence} is beyond the end of the stream ({end})"
-                            )
-                    return
-            except nats.errors.Error as exc:
-                raise Unavailable(f"cannot read the stream: {exc}") from exc
-            if time.monotonic() + pause > deadline:
-                raise Unavailable(
-                    f"the ledger projection is at {pos}, not yet at {sequence}; retry shortly"
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
 
+        async def applied() -> int:
+            async with database_outage_as_unavailable("the ledger"), self._pool.connection() as c:
+                return await queries.position(c, self._streams.source)
 
-class _ReadTransaction:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
-        self._cm: Any = None
-        self._tx: Any = None
-
-    async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
-        self._cm = self._pool.connection()
-        conn: psycopg.AsyncConnection[Any] = await self._cm.__aenter__()
-        try:
-            self._tx = conn.transaction()
-            await self._tx.__aenter__()
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except BaseException as exc:
-            await self._cm.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return conn
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self._tx.__aexit__(*exc)
-        finally:
-            await self._cm.__aexit__(*exc)
+        await wait_until_covered(
+            sequence,
+            stream=self._streams.source,
+            filters=[self._streams.subjects.all_cards],
+            applied=applied,
+            store=self._store,
+            budget_seconds=budget,
+            what="the ledger projection",
+        )

@@ -1,7 +1,8 @@
 """The notification service: projects notifications from the stream and delivers them.
 
-``main`` is the composition root (``python -m services.notification.main``); ``runner`` drives the
-projector (durable consumers, one transaction per batch, ack after commit); ``webhooks`` signs and
-delivers with retries from Postgres state; ``grpc_api`` serves List/Watch and the preference
-commands; ``preferences`` turns those commands into events on the stream.
+``main`` is the composition root (``python -m services.notification.main``); the projection runs
+on the shared runner (``projections.runner``) and ``effects`` is what the service does after each
+committed batch (log lines, metrics, wake-ups); ``webhooks`` signs and delivers with retries from
+Postgres state; ``grpc_api`` serves List/Watch and the preference commands; ``preferences`` turns
+those commands into events on the stream.
 """

@@ -8,18 +8,20 @@ stream through ``PreferenceCommands``. Domain errors become statuses through the
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
+import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.errors import InvalidArgument, LedgerError, Unavailable
+from contracts.errors import InvalidArgument, LedgerError
 from contracts.ids import check_id
 from jetledger.notification.v1 import notification_pb2 as pb
 from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
+from projections.freshness import wait_until_covered
 from projections.notifications import queries
 from projections.notifications.core import Notification, ScopePrefs, effective
 from projections.notifications.cursor import (
@@ -27,6 +29,7 @@ from projections.notifications.cursor import (
     decode_page_token,
     encode_token,
 )
+from projections.outage import database_outage_as_unavailable
 from services.grpc_errors import status_for, translate_errors
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import CommandResult, PreferenceCommands
@@ -123,34 +126,39 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         self.metrics = metrics
         self.max_wait = max_wait
 
-    async def _wait_for(self, sequence: int) -> None:
-        """Read-your-writes: wait (bounded) until the projection covers ``sequence``.
+    @contextlib.asynccontextmanager
+    async def _db(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; a Postgres outage becomes UNAVAILABLE, not UNKNOWN."""
+        async with (
+            database_outage_as_unavailable("the notification service"),
+            self.pool.connection() as conn,
+        ):
+            yield conn
 
-        A command's position is usually its outcome marker, which this projection never reads:
-        the position is covered once nothing the projection consumes lies between the two.
-        """
-        deadline = time.monotonic() + self.max_wait
+    async def _wait_for(self, sequence: int) -> None:
+        """Read-your-writes: wait (bounded) until the projection covers ``sequence``."""
+        if not sequence:
+            return
         store = self.commands.store
         subjects = store.names.subjects
-        while sequence:
-            since = self.waker.generation
-            async with self.pool.connection() as conn:
-                applied = (await queries.tracked(conn, self.schema)).get(self.source_stream, 0)
-            if applied >= sequence:
-                return
-            upcoming = [
-                await store.next_sequence(subject_filter, applied, stream=self.source_stream)
-                for subject_filter in (subjects.all_cards, subjects.all_notify)
-            ]
-            if all(seq is None or seq > sequence for seq in upcoming):
-                if sequence > await store.last_sequence(self.source_stream):
-                    raise InvalidArgument(
-                        f"min_stream_sequence {sequence} is beyond the end of the stream"
-                    )
-                return
-            if time.monotonic() >= deadline:
-                raise Unavailable(f"projection at {applied}, not yet at {sequence}; retry")
-            await self.waker.wait(since, min(0.5, deadline - time.monotonic()))
+
+        async def applied() -> int:
+            async with self._db() as c:
+                return (await queries.tracked(c, self.schema)).get(self.source_stream, 0)
+
+        async def wake(seconds: float) -> None:
+            await self.waker.wait(self.waker.generation, seconds)
+
+        await wait_until_covered(
+            sequence,
+            stream=self.source_stream,
+            filters=[subjects.all_cards, subjects.all_notify],
+            applied=applied,
+            store=store,
+            budget_seconds=self.max_wait,
+            wait=wake,
+            what="the notification projection",
+        )
 
     @translate_errors
     async def ListNotifications(
@@ -161,7 +169,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         size = _page_size(request.page_size)
         after = decode_page_token(request.page_token)
         await self._wait_for(request.min_stream_sequence)
-        async with self.pool.connection() as conn:
+        async with self._db() as conn:
             head = await queries.head_cursor(conn, self.schema)
             rows, following = await queries.list_notifications(
                 conn,
@@ -186,7 +194,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
             kinds = kinds_from_pb(request.kinds)
             cursor = decode_cursor(request.cursor)
             if not request.cursor and request.from_now:
-                async with self.pool.connection() as conn:
+                async with self._db() as conn:
                     cursor = await queries.head_cursor(conn, self.schema)
         except LedgerError as exc:
             await context.abort(status_for(exc), str(exc))
@@ -195,7 +203,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         try:
             while True:
                 since = self.waker.generation
-                async with self.pool.connection() as conn:
+                async with self._db() as conn:
                     rows = await queries.read_after(
                         conn, self.schema, cursor, card_id=card_id, kinds=kinds
                     )
@@ -208,6 +216,8 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
                     await self.waker.wait(since, WATCH_IDLE)
         except asyncio.CancelledError:
             raise  # the client went away
+        except LedgerError as exc:  # e.g. Postgres went away: the client resumes from its cursor
+            await context.abort(status_for(exc), str(exc))
         finally:
             self.metrics.watchers.dec()
 
@@ -230,7 +240,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
     ) -> pb.GetPreferencesResponse:
         card_id = _scope(request.card_id)
         await self._wait_for(request.min_stream_sequence)
-        async with self.pool.connection() as conn:
+        async with self._db() as conn:
             own, endpoints = await queries.get_preferences(conn, self.schema, card_id)
             default = (
                 None if not card_id else (await queries.get_preferences(conn, self.schema, ""))[0]
@@ -289,7 +299,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         if request.page_token and not request.page_token.isdigit():
             raise InvalidArgument("malformed page_token")
         after = int(request.page_token or 0)
-        async with self.pool.connection() as conn:
+        async with self._db() as conn:
             rows = await queries.list_deliveries(
                 conn, self.schema, card_id=card_id, status=status, after_id=after, page_size=size
             )

@@ -1,8 +1,9 @@
 """Composition root of the notification service: ``python -m services.notification.main``.
 
 Reads ``Settings`` from the environment, builds the adapters (NATS, a Postgres pool, an HTTP
-client) and runs four things until SIGTERM/SIGINT: the projector (leader only), the webhook
-dispatcher, the LISTEN/NOTIFY wake-up listener and the gRPC server (health, reflection, metrics).
+client) and runs four things until SIGTERM/SIGINT: the projection (on the shared runner; leader
+only), the webhook dispatcher, the LISTEN/NOTIFY wake-up listener and the gRPC server (health,
+reflection, metrics). A poison message or a dead loop turns health NOT_SERVING; reads go on.
 """
 
 from __future__ import annotations
@@ -10,24 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+import os
+import socket
 from typing import Any
 
 import aiohttp
-import nats
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
-from eventstore import EventStore
+from projections.metrics import ProjectionMetrics
+from projections.notifications.projection import NotificationProjection
 from projections.notifications.schema import create_schemas, wake_channel
+from projections.runner import ProjectionRunner, RunnerConfig
+from services.notification.effects import CommittedEffects
 from services.notification.grpc_api import SERVICE_NAME, NotificationServicer, add_to_server
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
-from services.notification.runner import ProjectorRunner, RunnerConfig
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.settings import Settings
+from services.wiring import connect_store
 
 log = logging.getLogger("jetledger.notification")
 
@@ -48,15 +52,9 @@ async def serve(settings: Settings) -> None:
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
-    nc = await nats.connect(
-        settings.nats_url, name="jetledger-notification", max_reconnect_attempts=-1
-    )
-    js = nc.jetstream()
-    store = EventStore(nc, settings.streams)
     # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
-    await store.ensure_streams(
-        settings.stream_replicas, timedelta(seconds=settings.duplicate_window_seconds)
-    )
+    nats = await connect_store(settings, "notification")
+    store = nats.store
     # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
     # crash just means one more attempt with the same idempotency key (at-least-once holds): so
     # no fsync wait before a POST. The projector's own connection keeps synchronous commits, as
@@ -88,23 +86,27 @@ async def serve(settings: Settings) -> None:
     )
     client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)
-    runner = ProjectorRunner(
-        js,
+    runner = ProjectionRunner(
+        NotificationProjection(schema, settings.streams, CommittedEffects(metrics, waker)),
+        store,
+        settings.database_url,
+        ProjectionMetrics(metrics.registry),
         RunnerConfig(
-            database_url=settings.database_url,
-            streams=settings.streams,
-            schema=schema,
             batch=settings.notification_batch,
-            ack_wait=settings.notification_ack_wait_seconds,
+            ack_wait_seconds=settings.notification_ack_wait_seconds,
+            holder=f"{socket.gethostname()}:{os.getpid()}",
             fault=settings.notification_fault,
         ),
-        metrics,
-        waker,
+        on_halt=lambda _: halted.set(),
     )
+    halted = asyncio.Event()
+    stop_runner = asyncio.Event()
     tasks = {
-        asyncio.create_task(runner.run(), name="projector"),
+        asyncio.create_task(runner.run(stop_runner), name="projection"),
         asyncio.create_task(dispatcher.run(), name="webhooks"),
         asyncio.create_task(waker.listen(settings.database_url, wake_channel(schema)), name="wake"),
+        # a poison message keeps the runner (and its lease) waiting: this reports it
+        asyncio.create_task(halted.wait(), name="projection halted"),
     }
     stop = asyncio.create_task(wait_for_shutdown_signal(), name="signal")
     try:
@@ -119,6 +121,7 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("shutting down")
         await runtime.stop(grace=2.0)
+        stop_runner.set()
         for task in tasks:
             if task.get_name() != "webhooks":
                 task.cancel()
@@ -130,7 +133,7 @@ async def serve(settings: Settings) -> None:
         await client.close()
         await pool.close()
         with contextlib.suppress(Exception):
-            await nc.drain()
+            await nats.close()
 
 
 def main() -> None:

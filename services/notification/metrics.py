@@ -1,4 +1,7 @@
-"""The notification service's Prometheus metrics, in its own registry (no ids in labels)."""
+"""The notification service's Prometheus metrics, in its own registry (no ids in labels).
+
+The projection's own (batches, lag, poison, leader) come from the runner: ``projections.metrics``.
+"""
 
 from __future__ import annotations
 
@@ -43,21 +46,6 @@ class NotificationMetrics:
             "jetledger_notification_delivery_seconds",
             "From the notification's commit to the receiver's 2xx.",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batches = Counter(
-            "jetledger_notification_projector_batches_total",
-            "Fetched batches applied, one Postgres transaction each.",
-            registry=r,
-        )
-        self.redelivered = Counter(
-            "jetledger_notification_projector_duplicates_total",
-            "Redelivered messages skipped because their sequence was already applied.",
-            registry=r,
-        )
-        self.poison = Counter(
-            "jetledger_notification_projector_errors_total",
-            "Batches that failed to apply (a poison message stops the projector).",
             registry=r,
         )
         self.watchers = Gauge(

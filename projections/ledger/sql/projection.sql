@@ -1,6 +1,8 @@
 -- The ledger projection's tables, in one schema that a rebuild can replace as a whole.
 -- "{schema}" is the live schema ("ledger") or a rebuild's shadow. Everything here is derived from the
--- stream: a rebuild reproduces it exactly. Money columns are bigint minor units (never float).
+-- stream: a rebuild reproduces it exactly. Money is integer minor units (never float): bigint where
+-- one command bounds it (a leg, a hold, a limit), numeric where it sums an unbounded number of legs
+-- (balances, running balances): a house or merchant account receives every card's legs.
 -- Secondary indexes live in indexes.sql so a rebuild can bulk-load first and index afterwards.
 
 CREATE SCHEMA {schema};
@@ -24,7 +26,7 @@ CREATE TABLE {schema}.entries (
     amount          bigint NOT NULL CHECK (amount <> 0),
     currency        text NOT NULL,
     direction       text NOT NULL CHECK (direction IN ('debit', 'credit')),
-    balance_after   bigint NOT NULL,
+    balance_after   numeric NOT NULL CHECK (balance_after = trunc(balance_after)),
     event_type      text NOT NULL,
     effective_at    timestamptz NOT NULL,
     PRIMARY KEY (stream, stream_sequence, leg_index)
@@ -36,10 +38,10 @@ CREATE TABLE {schema}.balances (
     currency        text NOT NULL,
     kind            text NOT NULL CHECK (kind IN ('card', 'merchant', 'house')),
     card_id         text,
-    posted          bigint NOT NULL,
-    pending         bigint NOT NULL,
-    credit_limit    bigint NOT NULL,
-    available       bigint NOT NULL,
+    posted          numeric NOT NULL CHECK (posted = trunc(posted)),
+    pending         numeric NOT NULL CHECK (pending = trunc(pending)),
+    credit_limit    numeric NOT NULL CHECK (credit_limit = trunc(credit_limit)),
+    available       numeric NOT NULL CHECK (available = trunc(available)),
     entry_count     bigint NOT NULL,
     stream          text NOT NULL,
     last_sequence   bigint NOT NULL,

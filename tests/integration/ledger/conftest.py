@@ -1,4 +1,4 @@
-"""Fixtures of the ledger projection tests: a fresh database and a source stream per test."""
+"""Fixtures of the ledger projection tests: a fresh database and provisioned streams per test."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from contracts.subjects import StreamNames
-from tests.ledgerkit import create_source_stream, fresh_database, nats_client
+from eventstore import EventStore
+from tests.ledgerkit import fresh_database, nats_client
 
 
 @pytest.fixture
@@ -26,8 +27,14 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture
-async def js(nc: NATS, streams: StreamNames) -> JetStreamContext:
-    """JetStream with this test's source stream created."""
-    context = nc.jetstream()
-    await create_source_stream(context, streams)
-    return context
+async def ledger_store(nc: NATS, streams: StreamNames) -> EventStore:
+    """The event store on this test's source and derived streams, provisioned."""
+    event_store = EventStore(nc, streams)
+    await event_store.ensure_streams()
+    return event_store
+
+
+@pytest.fixture
+async def js(nc: NATS, ledger_store: EventStore) -> JetStreamContext:
+    """JetStream with this test's streams provisioned (for appending raw events)."""
+    return nc.jetstream()

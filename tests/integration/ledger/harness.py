@@ -1,4 +1,4 @@
-"""Run the ledger projector in-process for tests and wait for it to reach a position."""
+"""Run the ledger projection in-process for tests and wait for it to reach a position."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-from nats.js import JetStreamContext
 
-from contracts.subjects import StreamNames
+from eventstore import EventStore
+from projections import tracking
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.migrate import apply_migrations
-from projections.ledger.projector import Projector, ProjectorConfig
+from projections.ledger.projection import LedgerProjection
 from projections.ledger.schema import LIVE_SCHEMA
-from projections.ledger.store import tracking_position
+from projections.metrics import ProjectionMetrics
+from projections.runner import ProjectionRunner, RunnerConfig
 
 
 async def migrate(url: str) -> None:
@@ -29,7 +30,7 @@ async def position(url: str, stream: str, schema: str = LIVE_SCHEMA) -> int:
     """Return the projection's tracking position (0 before the first batch)."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         try:
-            return await tracking_position(conn, schema, stream)
+            return await tracking.position(conn, schema, stream)
         except psycopg.errors.UndefinedTable:
             return 0
 
@@ -57,19 +58,29 @@ async def wait_outbox_empty(url: str, within: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
+def ledger_runner(url: str, store: EventStore, **config: Any) -> ProjectionRunner:
+    """A runner of the ledger projection with its own metrics."""
+    metrics = LedgerMetrics()
+    return ProjectionRunner(
+        LedgerProjection(url, store, metrics),
+        store,
+        url,
+        ProjectionMetrics(metrics.registry),
+        RunnerConfig(**config),
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_projector(
-    url: str, js: JetStreamContext, streams: StreamNames, **config: Any
-) -> AsyncIterator[Projector]:
-    """Migrate, run a projector in a task, stop it on exit."""
+    url: str, store: EventStore, **config: Any
+) -> AsyncIterator[ProjectionRunner]:
+    """Migrate, run the ledger projection in a task, stop it on exit."""
     await migrate(url)
-    projector = Projector(
-        url, js, streams, LedgerMetrics(), ProjectorConfig(fetch_timeout=0.2, **config)
-    )
+    runner = ledger_runner(url, store, **config)
     stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
+    task = asyncio.create_task(runner.run(stop))
     try:
-        yield projector
+        yield runner
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -13,6 +13,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from contracts.subjects import StreamNames
+from eventstore import EventStore
 from services.localservers import LocalPostgres
 from tests.integration.ledger.checks import assert_exactly_once
 from tests.integration.ledger.harness import migrate, position, wait_for_position
@@ -29,7 +30,7 @@ def _process(nats_url: str, db: str, streams: StreamNames, log: Path, **env: str
 
 @pytest.mark.parametrize("point", ["before_commit", "after_commit"])
 async def test_sigkill_mid_batch(
-    point: str, nats_url: str, ledger_db: str, js: JetStreamContext, streams: StreamNames,
+    point: str, nats_url: str, ledger_db: str, js: JetStreamContext, ledger_store: EventStore, streams: StreamNames,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     first = _process(
@@ -43,13 +44,18 @@ async def test_sigkill_mid_batch(
     assert 0 < stopped_at < last
     second = _process(nats_url, ledger_db, streams, tmp_path / "b.log").start()
     try:
-        await assert_exactly_once(ledger_db, js, streams, last)
+        await assert_exactly_once(ledger_db, ledger_store, last)
     finally:
         second.stop()
 
 
 async def test_paused_past_ack_wait(
-    nats_url: str, ledger_db: str, js: JetStreamContext, streams: StreamNames, tmp_path: Path
+    nats_url: str,
+    ledger_db: str,
+    js: JetStreamContext,
+    ledger_store: EventStore,
+    streams: StreamNames,
+    tmp_path: Path,
 ) -> None:
     proc = _process(
         nats_url, ledger_db, streams, tmp_path / "p.log", JETLEDGER_LEDGER_ACK_WAIT_SECONDS="1"
@@ -61,14 +67,18 @@ async def test_paused_past_ack_wait(
         last = await append(js, streams, history[100:])
         await asyncio.sleep(2.5)
         proc.signal(signal.SIGCONT)
-        await assert_exactly_once(ledger_db, js, streams, last)
+        await assert_exactly_once(ledger_db, ledger_store, last)
     finally:
         proc.signal(signal.SIGCONT)
         proc.stop()
 
 
 async def test_postgres_restart_mid_batch(
-    nats_url: str, js: JetStreamContext, streams: StreamNames, tmp_path: Path
+    nats_url: str,
+    js: JetStreamContext,
+    ledger_store: EventStore,
+    streams: StreamNames,
+    tmp_path: Path,
 ) -> None:
     pg = LocalPostgres(data_dir=tmp_path / "pg").start()
     try:
@@ -83,8 +93,8 @@ async def test_postgres_restart_mid_batch(
                 await asyncio.sleep(0.5)
                 await asyncio.to_thread(pg.start)
                 last = await writer
-                await assert_exactly_once(db, js, streams, last)
-                assert "projector restarting" in proc.log()
+                await assert_exactly_once(db, ledger_store, last)
+                assert "projection restarting" in proc.log()
             finally:
                 proc.stop()
     finally:
@@ -92,7 +102,12 @@ async def test_postgres_restart_mid_batch(
 
 
 async def test_second_instance_stands_by_and_takes_over(
-    nats_url: str, ledger_db: str, js: JetStreamContext, streams: StreamNames, tmp_path: Path
+    nats_url: str,
+    ledger_db: str,
+    js: JetStreamContext,
+    ledger_store: EventStore,
+    streams: StreamNames,
+    tmp_path: Path,
 ) -> None:
     history = busy_history(cards=5, rounds=10).events
     first = _process(nats_url, ledger_db, streams, tmp_path / "1.log").start()
@@ -102,7 +117,7 @@ async def test_second_instance_stands_by_and_takes_over(
         await asyncio.sleep(0.3)
         first.signal(signal.SIGKILL)  # the leader dies mid-stream; the standby must take over
         last = await writer
-        await assert_exactly_once(ledger_db, js, streams, last)
+        await assert_exactly_once(ledger_db, ledger_store, last)
         assert "projector leads" in second.log()
     finally:
         first.stop()

@@ -20,7 +20,6 @@ from tests.integration.ledger.harness import running_projector, wait_for_positio
 from tests.ledgerkit import (
     T0,
     append_with_markers,
-    create_source_stream,
     fresh_database,
     nats_client,
 )
@@ -42,16 +41,17 @@ async def test_live_equals_rebuilt_equals_pure_model(
     streams = StreamNames(f"H{token}", f"H{token}_DERIVED", Subjects(f"h{token}."))
     async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
         js = nc.jetstream()
-        await create_source_stream(js, streams)
+        store = EventStore(nc, streams)
+        await store.ensure_streams()
         seqs = await append_with_markers(js, streams, run.appended)
         last_event = max(s for s, (e, _) in zip(seqs, run.appended, strict=True) if e is not None)
-        async with running_projector(db, js, streams, batch=7):
+        async with running_projector(db, store, batch=7):
             await wait_for_position(db, streams.source, last_event)
-        shadow = await Rebuild(db, js, streams, chunk=5).run(swap=False)
+        shadow = await Rebuild(db, store, chunk=5).run(swap=False)
         async with await psycopg.AsyncConnection.connect(db) as conn:
             diff = await compare_schemas(conn, "ledger", shadow.schema)
             assert all(d == (0, 0) for d in diff.values()), diff
-            report = await verify(db, js, streams)
+            report = await verify(db, store, derived=False)
             assert report.ok, (report.differences, report.stream_totals, report.table_totals)
             cur = await conn.execute(
                 "SELECT currency, sum(posted) FROM ledger.balances GROUP BY currency"
@@ -92,14 +92,13 @@ async def test_histories_through_the_real_intake_replay_equal_live(
         async with GroupCommitWriter(store) as writer:
             handler = CommandHandler(store, writer, streams, clock=lambda: clock[0])
             states = await run_ops_through_intake(history, handler, clock)
-        js = nc.jetstream()
-        async with running_projector(db, js, streams, batch=7):
+        async with running_projector(db, store, batch=7):
             await wait_for_position(db, streams.source, max(s.version for s in states.values()))
-        shadow = await Rebuild(db, js, streams, chunk=5).run(swap=False)
+        shadow = await Rebuild(db, store, chunk=5).run(swap=False)
         async with await psycopg.AsyncConnection.connect(db) as conn:
             diff = await compare_schemas(conn, "ledger", shadow.schema)
             assert all(d == (0, 0) for d in diff.values()), diff
-            report = await verify(db, js, streams)
+            report = await verify(db, store, derived=False)
             assert report.ok, (report.differences, report.stream_totals, report.table_totals)
             cur = await conn.execute(
                 "SELECT currency, sum(posted) FROM ledger.balances GROUP BY currency"

@@ -8,11 +8,16 @@ import psycopg
 import pytest
 
 from contracts.subjects import StreamNames
+from eventstore import EventStore
 from projections.notifications.schema import create_schemas
-from services.notification.metrics import NotificationMetrics
-from services.notification.runner import ProjectorRunner, RunnerConfig
-from services.notification.wakeup import Waker
-from tests.notifykit import Events, append, create_streams, fresh_database, nats_client
+from tests.notifykit import (
+    Events,
+    append,
+    create_streams,
+    fresh_database,
+    nats_client,
+    notification_runner,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,9 +45,10 @@ async def test_a_standby_waits_then_takes_over_without_loss_or_repeat(
         await create_streams(js, streams)
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             await create_schemas(conn, "notify")
-        config = RunnerConfig(db, streams, "notify")
-        runners = [ProjectorRunner(js, config, NotificationMetrics(), Waker()) for _ in range(2)]
-        tasks = [asyncio.create_task(r.run()) for r in runners]
+        store = EventStore(nc, streams)
+        runners = [notification_runner(store, db) for _ in range(2)]
+        stops = [asyncio.Event() for _ in runners]
+        tasks = [asyncio.create_task(r.run(stop)) for r, stop in zip(runners, stops, strict=True)]
         try:
             waits = [asyncio.create_task(r.leading.wait()) for r in runners]
             await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)

@@ -1,26 +1,28 @@
-"""Exactly-once notification rows on real NATS + Postgres: redelivery, duplicates, poison, replay."""
+"""Exactly-once notification rows on real NATS + Postgres: duplicates, poison, replay, verify."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
 import pytest
 
-from contracts.codec import UndecodableEvent, encode
+from contracts.codec import encode
 from contracts.subjects import StreamNames
-from projections.notifications.postgres import NotificationProjector
-from projections.notifications.queries import tracked
-from projections.notifications.rebuild import consumed, rebuild, verify
+from eventstore import EventStore
+from projections import tracking
+from projections.model import Poison
+from projections.notifications.rebuild import rebuild, verify
 from projections.notifications.schema import create_schemas
-from services.notification.jetstream import DurableConsumer, StoredMessage, replay
 from tests.notifykit import (
     Events,
     append,
     create_streams,
     fresh_database,
     nats_client,
+    notification_runner,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,12 +36,24 @@ async def _rows(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in await cur.fetchall()]
 
 
-async def test_redelivery_and_duplicate_entries_create_each_notification_once(
+async def _until(db: str, wanted: dict[str, int], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        while True:
+            reached = await tracking.positions(conn, SCHEMA)
+            if all(reached.get(s, 0) >= n for s, n in wanted.items()):
+                return
+            assert time.monotonic() < deadline, f"at {reached}, wanted {wanted}"
+            await asyncio.sleep(0.05)
+
+
+async def test_duplicate_entries_create_each_notification_once_and_replay_equals_live(
     nats_url: str, database_url: str, streams: StreamNames
 ) -> None:
     async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
         js = nc.jetstream()
         await create_streams(js, streams)
+        store = EventStore(nc, streams)
         card = Events("c1")
         purchase = card.purchase(2_000)
         seqs = await append(
@@ -61,77 +75,60 @@ async def test_redelivery_and_duplicate_entries_create_each_notification_once(
             )
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             await create_schemas(conn, SCHEMA)
-            projector = NotificationProjector(SCHEMA, streams.subjects, side_effects=True)
-            source = await DurableConsumer.create(
-                js, streams.source, "n", [streams.subjects.all_cards], ack_wait=1.0
-            )
-            first = await source.fetch(100, 2.0)
-            assert len(first) == 5
-            result = await projector.apply(conn, streams.source, [d.message for d in first])
-            assert [n.kind for n in result.created] == [
-                "funding",
-                "purchase",
-                "decline",
-                "purchase",
-                "low_balance",
-            ]
-            # Not acked: JetStream redelivers after ack_wait; the tracking row makes it a no-op.
-            await asyncio.sleep(1.2)
-            again = await source.fetch(100, 3.0)
-            while len(again) < 5:  # redeliveries do not count as pending: they may come one a fetch
-                again += await source.fetch(100, 3.0)
-            assert [d.num_delivered for d in again] == [2] * 5
-            replayed = await projector.apply(conn, streams.source, [d.message for d in again])
-            assert replayed.created == [] and replayed.duplicates == 5
-            for d in again:
-                await d.ack()
-            derived = await DurableConsumer.create(
-                js, streams.derived, "n", [streams.subjects.all_entries]
-            )
-            entries = await derived.fetch(100, 2.0)
-            assert len(entries) == 2
-            got = await projector.apply(conn, streams.derived, [d.message for d in entries])
-            assert [n.notification_id for n in got.created] == [f"entry:{entry.entry_id}"]
+        runner = notification_runner(store, db)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await _until(db, {streams.source: seqs[-1], streams.derived: 2})
+        finally:
+            stop.set()
+            await task
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             rows = await _rows(conn)
-            assert len(rows) == 6 == len({i for i, _ in rows})
-            assert (await tracked(conn, SCHEMA))[streams.source] == seqs[-1]
+            assert [kind for _, kind in rows] == [
+                "funding", "purchase", "decline", "purchase", "low_balance", "posted",
+            ]  # fmt: skip
+            assert len({i for i, _ in rows}) == 6
             cur = await conn.execute("SELECT count(*) FROM notify_ops.deliveries")
             assert (await cur.fetchone()) == (0,)  # no endpoint configured: nothing to deliver
-
-            async def reader(stream: str, filters: Any, start: int) -> Any:
-                async for batch in replay(js, stream, filters, from_sequence=start):
-                    yield batch
-
-            assert await verify(conn, reader, streams, SCHEMA) == []
-            report = await rebuild(conn, reader, streams, SCHEMA)
+            assert await verify(conn, store, SCHEMA, wait_seconds=1) == []
+            report = await rebuild(conn, store, SCHEMA)
             assert report.notifications == 6
             assert await _rows(conn) == rows  # replay equals live
-            assert [s for s, _ in consumed(streams)] == [streams.source, streams.derived]
-            await source.close()
-            await derived.close()
+            assert (await tracking.positions(conn, SCHEMA))[streams.source] == seqs[-1]
 
 
-async def test_a_poison_message_changes_nothing_and_stops_the_batch(
+async def test_a_poison_message_stops_the_projection_after_its_good_prefix(
     nats_url: str, database_url: str, streams: StreamNames
 ) -> None:
     async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
         js = nc.jetstream()
         await create_streams(js, streams)
         card = Events("c2")
-        await append(js, streams, card.issue(), card.fund(500))
-        ack = await js.publish(
+        good = await append(js, streams, card.issue(), card.fund(500))
+        await js.publish(
             f"{streams.subjects.prefix}card.c2.transaction.created",
             b"{not json",
             stream=streams.source,
         )
+        await append(js, streams, card.purchase(100))
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             await create_schemas(conn, SCHEMA)
-            projector = NotificationProjector(SCHEMA, streams.subjects, side_effects=True)
-            batch: list[StoredMessage] = []
-            async for messages in replay(js, streams.source, [streams.subjects.all_cards]):
-                batch += messages
-            assert batch[-1].sequence == ack.seq
-            with pytest.raises(UndecodableEvent):
-                await projector.apply(conn, streams.source, batch)
-            assert await _rows(conn) == []
-            assert await tracked(conn, SCHEMA) == {}
+        halted: list[Exception] = []
+        runner = notification_runner(EventStore(nc, streams), db)
+        runner.on_halt = halted.append
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            for _ in range(200):
+                if halted:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(halted) == 1 and isinstance(halted[0], Poison)
+            assert halted[0].message.sequence == good[-1] + 1
+            async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+                assert [kind for _, kind in await _rows(conn)] == ["funding"]  # never skipped
+                assert (await tracking.positions(conn, SCHEMA))[streams.source] == good[-1]
+        finally:
+            stop.set()
+            await task

@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import AlreadyExists
@@ -20,7 +19,6 @@ from eventstore import EventStore
 from projections.notifications.schema import create_schemas, wake_channel
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
-from services.notification.runner import ProjectorRunner, RunnerConfig
 from services.notification.signing import verify
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
@@ -31,6 +29,7 @@ from tests.notifykit import (
     create_streams,
     fresh_database,
     nats_client,
+    notification_runner,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,7 +38,7 @@ SECRET = "s3cret-for-tests-0123456789"
 
 @contextlib.asynccontextmanager
 async def service(
-    js: JetStreamContext, db: str, streams: StreamNames, config: WebhookConfig
+    store: EventStore, db: str, config: WebhookConfig
 ) -> AsyncIterator[tuple[AsyncConnectionPool[Any], NotificationMetrics]]:
     """The projector, the dispatcher and the wake-up listener, in this process."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -49,11 +48,12 @@ async def service(
     async with pool.connection() as conn:
         await create_schemas(conn, "notify")
     metrics, waker = NotificationMetrics(), Waker()
-    runner = ProjectorRunner(js, RunnerConfig(db, streams, "notify"), metrics, waker)
+    runner = notification_runner(store, db, metrics=metrics, waker=waker)
+    stop = asyncio.Event()
     async with aiohttp.ClientSession() as client:
         dispatcher = WebhookDispatcher(pool, "notify", config, metrics, waker, client)
         tasks = [
-            asyncio.create_task(runner.run()),
+            asyncio.create_task(runner.run(stop)),
             asyncio.create_task(dispatcher.run()),
             asyncio.create_task(waker.listen(db, wake_channel("notify"))),
         ]
@@ -99,7 +99,7 @@ async def test_signed_delivery_retries_after_500_and_timeout_with_one_idempotenc
             await commands.set_webhook("wh-1", "c1", "e1", hook.url, SECRET)
             card = Events("c1")
             await append(js, streams, card.issue(), card.fund(10_000))
-            async with service(js, db, streams, config) as (pool, metrics):
+            async with service(EventStore(nc, streams), db, config) as (pool, metrics):
                 rows = await _deliveries(pool, "delivered", 1)
             assert [(r[2], r[3]) for r in rows] == [("delivered", 3)]
             attempts = hook.attempts(rows[0][0])
@@ -129,7 +129,7 @@ async def test_dead_letter_after_max_attempts(
             )
             card = Events("c1")
             await append(js, streams, card.issue(), card.fund(10_000))
-            async with service(js, db, streams, config) as (pool, metrics):
+            async with service(EventStore(nc, streams), db, config) as (pool, metrics):
                 rows = await _deliveries(pool, "dead", 1)
                 await asyncio.sleep(0.3)  # nothing more is sent once dead
             assert [(r[2], r[3], r[4]) for r in rows] == [("dead", 3, 503)]
@@ -157,7 +157,7 @@ async def test_preferences_route_kinds_and_operator_endpoints(
             card, other = Events("c1"), Events("c2")
             await append(js, streams, card.issue(), card.fund(5_000), card.decline(90_000))
             await append(js, streams, other.issue(), other.fund(700))
-            async with service(js, db, streams, config) as (pool, _):
+            async with service(EventStore(nc, streams), db, config) as (pool, _):
                 rows = await _deliveries(pool, "delivered", 4)
             assert (
                 sorted((r[1], r[2]) for r in rows)

@@ -187,32 +187,38 @@ Global___Money: _TypeAlias = Money  # noqa: Y015
 
 @_typing.final
 class Balance(_message.Message):
+    """Balances are exact signed integers in minor units written in base 10 ("-1050" is −10.50 USD),
+    as strings rather than int64: a merchant or a house account receives the legs of every card, so
+    its balance sums an unbounded number of legs and may pass 2^63−1. A string never overflows, and
+    proto3's JSON mapping already writes int64 as a string, so JSON clients see the same shape.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CURRENCY_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
     POSTED_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
-    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
-    posted: _builtins.int
-    """Σ of the account's legs (minor units)."""
-    pending: _builtins.int
-    """Open holds (cards only): authorized − captured − voided − expired."""
-    available: _builtins.int
-    """Cards: posted + credit_limit − pending. Merchants and house accounts: posted."""
-    credit_limit: _builtins.int
     entry_count: _builtins.int
+    posted: _builtins.str
+    """Σ of the account's legs (minor units, base 10)."""
+    pending: _builtins.str
+    """Open holds (cards only): authorized − captured − voided − expired."""
+    available: _builtins.str
+    """Cards: posted + credit_limit − pending. Merchants and house accounts: posted."""
+    credit_limit: _builtins.str
     def __init__(
         self,
         *,
         currency: _builtins.str = ...,
-        posted: _builtins.int = ...,
-        pending: _builtins.int = ...,
-        available: _builtins.int = ...,
-        credit_limit: _builtins.int = ...,
         entry_count: _builtins.int = ...,
+        posted: _builtins.str = ...,
+        pending: _builtins.str = ...,
+        available: _builtins.str = ...,
+        credit_limit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -272,7 +278,9 @@ class GetBalanceResponse(_message.Message):
     kind: Global___AccountKind.ValueType
     @_builtins.property
     def balances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Balance]:
-        """One per currency the account holds (a card account has exactly one)."""
+        """One per currency the account holds (a card account has exactly one). Empty for a merchant or
+        house account with no activity yet: its balance is zero in every currency.
+        """
 
     @_builtins.property
     def position(self) -> Global___StreamPosition:
@@ -314,8 +322,10 @@ class Entry(_message.Message):
     card_id: _builtins.str
     account_id: _builtins.str
     direction: Global___Direction.ValueType
-    balance_after: _builtins.int
-    """The account's posted balance in this currency right after this entry (stream order)."""
+    balance_after: _builtins.str
+    """The account's posted balance in this currency right after this entry (stream order), in
+    minor units as a base-10 string (see Balance: it may pass 2^63−1).
+    """
     event_type: _builtins.str
     """Versioned tag of the event that posted it, e.g. "transaction.created.v1"."""
     @_builtins.property
@@ -335,7 +345,7 @@ class Entry(_message.Message):
         account_id: _builtins.str = ...,
         amount: Global___Money | None = ...,
         direction: Global___Direction.ValueType = ...,
-        balance_after: _builtins.int = ...,
+        balance_after: _builtins.str = ...,
         effective_time: _timestamp_pb2.Timestamp | None = ...,
         position: Global___StreamPosition | None = ...,
         event_type: _builtins.str = ...,

@@ -1,10 +1,12 @@
-"""A test-only fault hook: SIGKILL the projector process at an exact point of a batch.
+"""A test-only fault hook: SIGKILL a projection's process at an exact point of a batch.
 
-Set ``JETLEDGER_LEDGER_FAULT=<point>`` (read through ``Settings.ledger_fault``), or
-``<point>@<n>`` to fire at the n-th time the point is reached (default 1). Points:
+The ledger reads ``JETLEDGER_LEDGER_FAULT``, the notifications ``JETLEDGER_NOTIFICATION_FAULT``
+(through ``Settings``): ``<point>``, or ``<point>@<n>`` to fire the n-th time the point is reached
+(default 1). Points:
 
-- ``before_commit`` — the batch's rows, outbox and tracking row are written, COMMIT not yet sent;
-- ``after_commit`` — COMMIT returned, the batch is not yet acknowledged to JetStream;
+- ``before_commit`` — the batch's rows and tracking row are written, COMMIT not yet sent;
+- ``after_commit`` — COMMIT returned, the batch is not yet acknowledged to JetStream
+  (``crash_after_commit`` is an older name for it);
 - ``after_ack`` — the batch was acknowledged (the next batch has not started).
 
 An empty value disables the hook; it costs one comparison per batch. Never set it in production.
@@ -16,8 +18,10 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import Final
 
-POINTS = frozenset({"before_commit", "after_commit", "after_ack"})
+POINTS: Final = frozenset({"before_commit", "after_commit", "after_ack"})
+_ALIASES: Final = {"crash_after_commit": "after_commit"}
 
 
 @dataclass
@@ -32,6 +36,7 @@ class FaultHook:
         if not self.spec:
             return
         point, _, count = self.spec.partition("@")
+        point = _ALIASES.get(point, point)
         if point not in POINTS:
             raise ValueError(f"unknown fault point {point!r}; known: {sorted(POINTS)}")
         self._point = point

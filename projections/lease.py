@@ -1,10 +1,10 @@
-"""One active projector per projection and stream: a Postgres advisory lock plus a fencing epoch.
+"""One active writer per projection: a Postgres advisory lock plus a fencing epoch.
 
 The leader holds ``pg_advisory_lock`` on a dedicated connection for as long as it leads; standbys
 poll ``pg_try_advisory_lock`` and take over when that connection goes away (crash, kill -9, network
 loss: Postgres drops session locks with the session). The lock alone cannot stop a leader that lost
 its lock connection but still has a batch in flight on another, so each new leader also bumps an
-epoch in ``ledger_ops.projector_lease`` and every batch transaction checks it (``check_epoch``): a
+epoch in the projection's lease table and every batch transaction checks it (``check_epoch``): a
 deposed leader's commit fails instead of writing.
 """
 
@@ -17,11 +17,14 @@ import logging
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from contracts.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 
-class Deposed(RuntimeError):
+class Deposed(Unavailable):
     """This instance is no longer the projection's leader (its epoch was superseded)."""
 
 
@@ -30,12 +33,20 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-class Leadership:
-    """Acquire, watch and release the lease named ``name`` (e.g. ``ledger:LEDGER``)."""
+def _table(qualified: str) -> sql.Composed:
+    schema, _, name = qualified.partition(".")
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
 
-    def __init__(self, conninfo: str, name: str, holder: str, poll_seconds: float = 1.0) -> None:
+
+class Lease:
+    """Acquire, watch and release the lease ``name``, fenced by an epoch in ``table``."""
+
+    def __init__(
+        self, conninfo: str, name: str, table: str, holder: str, poll_seconds: float = 1.0
+    ) -> None:
         self._conninfo = conninfo
         self.name = name
+        self._table = _table(table)
         self._holder = holder
         self._poll = poll_seconds
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -54,10 +65,12 @@ class Leadership:
                 row = await cur.fetchone()
                 if row is not None and row[0]:
                     cur = await self._conn.execute(
-                        "INSERT INTO ledger_ops.projector_lease (projection, epoch, holder)"
-                        " VALUES (%s, 1, %s) ON CONFLICT (projection) DO UPDATE"
-                        " SET epoch = projector_lease.epoch + 1, holder = EXCLUDED.holder,"
-                        " acquired_at = now() RETURNING epoch",
+                        sql.SQL(
+                            "INSERT INTO {} (projection, epoch, holder) VALUES (%s, 1, %s)"
+                            " ON CONFLICT (projection) DO UPDATE"
+                            " SET epoch = {}.epoch + 1, holder = EXCLUDED.holder,"
+                            " acquired_at = now() RETURNING epoch"
+                        ).format(self._table, self._table),
                         (self.name, self._holder),
                     )
                     row = await cur.fetchone()
@@ -86,7 +99,7 @@ class Leadership:
     async def check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """In a batch transaction: raise ``Deposed`` unless our epoch is still the current one."""
         cur = await conn.execute(
-            "SELECT epoch FROM ledger_ops.projector_lease WHERE projection = %s FOR SHARE",
+            sql.SQL("SELECT epoch FROM {} WHERE projection = %s FOR SHARE").format(self._table),
             (self.name,),
         )
         row = await cur.fetchone()

@@ -1,0 +1,294 @@
+"""The one projection runner: a single writer applies batches, each in one Postgres transaction.
+
+For every projection (``projections.model.Projection``) the runner
+
+1. waits for the projection's lease (``projections.lease``: one writer, fenced by an epoch);
+2. reads each stream's position from ``<schema>.tracking`` and opens a durable subscription right
+   after it (``EventStore.subscribe``): Postgres decides where reading resumes, never the
+   consumer's ack state. The reader hands out every message once, in order, re-anchoring after a
+   gap (``eventstore.reader``), so a position can never pass a message that was not applied;
+3. applies each batch in one transaction: lock the tracking row, check the lease's epoch, drop what
+   is at or below the position (a redelivery), let the projection write its rows, advance the
+   tracking row, COMMIT; then acknowledge the batch and run the projection's after-commit effects;
+4. on a poison message commits the batch's good prefix and stops for good (metric, log, the
+   ``on_halt`` callback that turns health NOT_SERVING), keeping the lease so a standby does not
+   take over only to stop on the same message;
+5. on an infrastructure error (NATS, Postgres, a lost lease) gives the lease up, waits, starts over.
+
+Streams are read ahead (two batches per stream queued) while a batch commits; batches are applied
+one at a time on one connection. Lag (events and seconds) is exported per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Final
+
+import psycopg
+
+from contracts.errors import Unavailable
+from eventstore import EventStore, ReadBatch, StoredMessage, Subscription
+from projections import tracking
+from projections.faults import FaultHook
+from projections.lease import Lease
+from projections.metrics import ProjectionMetrics
+from projections.model import Conn, Poison, Projection
+
+log = logging.getLogger(__name__)
+
+ALIVE_CHECK_SECONDS: Final = 1.0  # how often the lease connection is probed while applying
+READ_WAIT_SECONDS: Final = 1.0
+
+
+class PositionMoved(Unavailable):
+    """The tracking row went below what this runner applied (the schema was reset): start over."""
+
+
+_RETRYABLE: Final = (Unavailable, psycopg.OperationalError, psycopg.InterfaceError, OSError)
+
+
+@dataclass
+class RunnerConfig:
+    """Tunables of a runner."""
+
+    batch: int = 500
+    ack_wait_seconds: float = 30.0
+    retry_seconds: float = 1.0
+    holder: str = "projection"
+    fault: str = ""
+
+
+@dataclass
+class _Lag:
+    """What one stream's reader has seen and the applier not yet applied."""
+
+    pending: int = 0
+    queued: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    applied_at: float = 0.0  # store time of the last applied message (unix seconds)
+
+    def events(self) -> float:
+        return float(self.pending + sum(n for _, n in self.queued))
+
+    def seconds(self) -> float:
+        if self.queued:
+            return max(0.0, time.time() - self.queued[0][0])
+        if self.pending and self.applied_at:
+            return max(0.0, time.time() - self.applied_at)
+        return 0.0
+
+
+class ProjectionRunner:
+    """Runs one projection while this instance holds its lease; see the module docstring."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        store: EventStore,
+        conninfo: str,
+        metrics: ProjectionMetrics,
+        config: RunnerConfig | None = None,
+        on_halt: Callable[[Exception], Any] | None = None,
+    ) -> None:
+        self.projection = projection
+        self.store = store
+        self.conninfo = conninfo
+        self.config = config or RunnerConfig()
+        self.on_halt = on_halt
+        self.halted: Exception | None = None
+        self.leading = asyncio.Event()
+        name = projection.name
+        self._fault = FaultHook(self.config.fault)
+        self._lease = Lease(
+            conninfo, projection.lease_name, projection.lease_table, self.config.holder
+        )
+        self._applied: dict[str, int] = {}
+        self._alive_at = 0.0
+        self._lags: dict[str, _Lag] = {}
+        self._m = metrics
+        self._events = metrics.events_applied.labels(name)
+        self._batches = metrics.batches.labels(name)
+        self._skipped = metrics.skipped.labels(name)
+        self._duration = metrics.batch_duration.labels(name)
+        self._reanchors = metrics.reanchors.labels(name)
+        for source in projection.sources():
+            lag = self._lags[source.stream] = _Lag()
+            metrics.lag_events.labels(name, source.stream).set_function(lag.events)
+            metrics.lag_seconds.labels(name, source.stream).set_function(lag.seconds)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stand by, lead, apply; start over after infrastructure errors, until ``stop``."""
+        name = self.projection.name
+        try:
+            while not stop.is_set():
+                if await self._lease.acquire(stop) is None:
+                    return
+                self._m.leader.labels(name).set(1)
+                self.leading.set()
+                try:
+                    await self._lead(stop)
+                except Poison as poison:
+                    self._halt(poison)
+                    await stop.wait()  # keep the lease: a standby would only stop on it too
+                    return
+                except _RETRYABLE as exc:
+                    self._m.restarts.labels(name).inc()
+                    log.warning(
+                        "projection restarting", extra={"projection": name, "error": str(exc)}
+                    )
+                finally:
+                    self.leading.clear()
+                    self._m.leader.labels(name).set(0)
+                    for lag in self._lags.values():
+                        lag.pending, lag.queued = 0, collections.deque()
+                    await self._lease.release()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.retry_seconds)
+        finally:
+            await self._lease.release()
+
+    def _halt(self, error: Exception) -> None:
+        self.halted = error
+        name = self.projection.name
+        self._m.poison.labels(name).inc()
+        self._m.stopped.labels(name).set(1)
+        detail: dict[str, object] = {"projection": name, "error": str(error)}
+        if isinstance(error, Poison):
+            message = error.message
+            detail.update(stream=message.stream, sequence=message.sequence, subject=message.subject)
+        log.error("projection stopped on a poison message; fix it and restart", extra=detail)
+        if self.on_halt is not None:
+            self.on_halt(error)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        projection = self.projection
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, prepare_threshold=None)
+        queue: asyncio.Queue[ReadBatch | BaseException | None] = asyncio.Queue(
+            maxsize=2 * len(projection.sources())
+        )
+        subs: dict[str, Subscription] = {}
+        tasks: list[asyncio.Task[None]] = []
+        side_stop = asyncio.Event()
+        try:
+            async with conn.transaction():
+                known = await tracking.positions(conn, projection.schema)
+            for source in projection.sources():
+                after = self._applied[source.stream] = known.get(source.stream, 0)
+                subs[source.stream] = await self.store.subscribe(
+                    f"{projection.name}_{projection.schema}",
+                    after,
+                    source.filters,
+                    stream=source.stream,
+                    batch=self.config.batch,
+                    ack_wait=timedelta(seconds=self.config.ack_wait_seconds),
+                    server_filter=False,
+                )
+                log.info("projection reading", extra={"stream": source.stream, "after": after})
+            tasks += [asyncio.create_task(self._read(sub, queue)) for sub in subs.values()]
+            tasks.append(asyncio.create_task(self._watch(stop, queue)))
+            tasks.append(asyncio.create_task(self._side_work(side_stop, queue)))
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                await self._apply(conn, subs[item.stream], item)
+        finally:
+            side_stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for sub in subs.values():
+                await sub.close()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _watch(self, stop: asyncio.Event, queue: asyncio.Queue[Any]) -> None:
+        await stop.wait()
+        await queue.put(None)
+
+    async def _side_work(self, stop: asyncio.Event, queue: asyncio.Queue[Any]) -> None:
+        try:
+            await self.projection.while_leading(stop)
+        except Exception as exc:  # surfaced by the applier: it restarts the leadership
+            await queue.put(exc)
+
+    async def _read(self, sub: Subscription, queue: asyncio.Queue[Any]) -> None:
+        lag = self._lags[sub.stream]
+        seen = 0
+        try:
+            while True:
+                got = await sub.next_batch(self.config.batch, READ_WAIT_SECONDS)
+                if sub.reanchors > seen:
+                    self._reanchors.inc(sub.reanchors - seen)
+                    seen = sub.reanchors
+                if got is None:
+                    lag.pending = 0  # idle with pulls outstanding: nothing stored is unread
+                    continue
+                lag.pending = got.pending
+                first = got.messages[0].time.timestamp() if got.messages else time.time()
+                lag.queued.append((first, len(got.messages)))
+                await queue.put(got)
+        except Exception as exc:
+            await queue.put(exc)
+
+    async def _apply(self, conn: Conn, sub: Subscription, got: ReadBatch) -> None:
+        started = time.perf_counter()
+        if started - self._alive_at > ALIVE_CHECK_SECONDS:
+            await self._lease.alive()
+            self._alive_at = started
+        stream = got.stream
+        result: object = None
+        committed = False
+        if got.messages:
+            try:
+                committed, result = await self._commit(conn, stream, got.messages)
+            except Poison as poison:
+                prefix = [m for m in got.messages if m.sequence < poison.message.sequence]
+                if prefix:
+                    done, result = await self._commit(conn, stream, prefix)
+                    if done:
+                        self.projection.committed(stream, result)
+                raise
+        lag = self._lags[stream]
+        if lag.queued:
+            lag.queued.popleft()
+        if got.messages:
+            lag.applied_at = got.messages[-1].time.timestamp()
+        if committed:
+            self._fault.reached("after_commit")
+        sub.ack(got)
+        if committed:
+            self._fault.reached("after_ack")
+            self.projection.committed(stream, result)
+            self._batches.inc()
+        self._duration.observe(time.perf_counter() - started)
+
+    async def _commit(
+        self, conn: Conn, stream: str, messages: Sequence[StoredMessage]
+    ) -> tuple[bool, object]:
+        """Apply the new ones of ``messages`` in one transaction; tell whether anything was."""
+        schema = self.projection.schema
+        async with conn.transaction():
+            last = await tracking.lock_position(conn, schema, stream)
+            await self._lease.check_epoch(conn)
+            if last < self._applied[stream]:
+                raise PositionMoved(
+                    f"{schema}.tracking went back from {self._applied[stream]} to {last}"
+                )
+            fresh = [m for m in messages if m.sequence > last]
+            self._skipped.inc(len(messages) - len(fresh))
+            if not fresh:
+                self._applied[stream] = last
+                return False, None
+            result = await self.projection.apply(conn, stream, fresh)
+            tail = fresh[-1]
+            await tracking.set_position(conn, schema, stream, tail.sequence, tail.time)
+            self._fault.reached("before_commit")
+        self._applied[stream] = tail.sequence
+        self._events.inc(len(fresh))
+        return True, result

@@ -63,15 +63,15 @@ class DerivedReport:
     position: int
     entries: int = 0
     published: int = 0
-    pending: int = 0  # still in the outbox: not yet due in the stream
+    pending: int = 0  # still in the outbox: published by the relay soon (or it is not running)
     missing: list[int] = field(default_factory=list)  # entry keys absent from the stream
     unexpected: int = 0  # entries in the stream that the table does not hold
     duplicates: int = 0  # entries in the stream more than once
 
     @property
     def ok(self) -> bool:
-        """True when the stream holds exactly the table's entries (the queued ones aside)."""
-        return not self.missing and not self.unexpected and not self.duplicates
+        """True when the stream holds exactly the table's entries, none still queued."""
+        return not (self.missing or self.unexpected or self.duplicates or self.pending)
 
     def problems(self, stream: str) -> list[str]:
         """One line per kind of difference."""
@@ -86,6 +86,11 @@ class DerivedReport:
             out.append(f"{self.unexpected} entries in the derived stream are not in the table")
         if self.duplicates:
             out.append(f"{self.duplicates} entries are in the derived stream more than once")
+        if self.pending:
+            out.append(
+                f"the derived stream is behind: {self.pending} entries still wait in the outbox"
+                " (the ledger service's relay publishes them: is it running?)"
+            )
         return out
 
 

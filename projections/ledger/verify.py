@@ -44,6 +44,8 @@ from projections.ledger.schema import LIVE_SCHEMA, table
 
 FIELDS = ("posted", "pending", "available", "entries", "checksum")
 
+STALL_SECONDS = 3.0  # verify stops waiting for a projection that does not move
+
 # on_progress(phase, done, total)
 Progress = Callable[[str, int, int], None]
 
@@ -202,19 +204,26 @@ async def stream_head(store: EventStore) -> int:
     return 0 if last is None else last.sequence
 
 
-async def wait_caught_up(
-    conninfo: str, schema: str, stream: str, head: int, seconds: float
-) -> None:
-    """Wait (bounded) until the tracking row reached ``head`` and the outbox is empty."""
+async def wait_caught_up(conninfo: str, schema: str, stream: str, head: int, seconds: float) -> None:
+    """Wait (bounded) until the tracking row reached ``head`` and the outbox is empty.
+
+    Gives up early when nothing moved for ``STALL_SECONDS``: a stopped projection will not catch up.
+    """
     deadline = time.monotonic() + seconds
+    last_seen: tuple[int, int] | None = None
+    moved_at = time.monotonic()
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         while True:
             position = await tracking.position(conn, schema, stream)
-            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM ledger_ops.outbox)")
+            cur = await conn.execute("SELECT count(*) FROM ledger_ops.outbox")
             row = await cur.fetchone()
-            if position >= head and not (row and row[0]):
+            queued = int(row[0]) if row else 0
+            now = time.monotonic()
+            if position >= head and not queued:
                 return
-            if time.monotonic() >= deadline:
+            if (position, queued) != last_seen:
+                last_seen, moved_at = (position, queued), now
+            if now >= deadline or now - moved_at >= STALL_SECONDS:
                 return
             await asyncio.sleep(0.05)
 

@@ -215,13 +215,21 @@ async def heads(store: EventStore) -> dict[str, int]:
 async def wait_caught_up(
     conn: Conn, schema: str, wanted: dict[str, int], seconds: float
 ) -> dict[str, int]:
-    """Wait (bounded) until every stream's position reached ``wanted``; return the positions."""
+    """Wait (bounded) until every stream's position reached ``wanted``; return the positions.
+
+    Gives up early when no position moved for three seconds (a stopped projection).
+    """
     deadline = time.monotonic() + seconds
+    moved_at = time.monotonic()
+    before: dict[str, int] = {}
     while True:
         reached = await tracking.positions(conn, schema)
+        now = time.monotonic()
         if all(reached.get(s, 0) >= seq for s, seq in wanted.items()):
             return reached
-        if time.monotonic() >= deadline:
+        if reached != before:
+            before, moved_at = reached, now
+        if now >= deadline or now - moved_at >= 3.0:
             return reached
         await asyncio.sleep(0.05)
 

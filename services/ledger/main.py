@@ -31,6 +31,8 @@ from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_sh
 from services.settings import Settings
 from services.wiring import connect_store
 
+POOL_TIMEOUT_SECONDS = 5.0
+
 log = logging.getLogger("jetledger.ledger")
 
 
@@ -47,6 +49,8 @@ async def serve(settings: Settings) -> None:
         settings.database_url,
         min_size=1,
         max_size=8,
+        # a read waits this long for a connection, then answers UNAVAILABLE (Postgres away)
+        timeout=POOL_TIMEOUT_SECONDS,
         # No server-side prepared statements: a rebuild swaps the schema under them.
         kwargs={"autocommit": True, "prepare_threshold": None},
         open=False,

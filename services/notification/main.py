@@ -33,6 +33,8 @@ from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_sh
 from services.settings import Settings
 from services.wiring import connect_store
 
+POOL_TIMEOUT_SECONDS = 5.0
+
 log = logging.getLogger("jetledger.notification")
 
 
@@ -63,6 +65,8 @@ async def serve(settings: Settings) -> None:
         settings.database_url,
         min_size=2,
         max_size=settings.webhook_concurrency + 8,
+        # a read waits this long for a connection, then answers UNAVAILABLE (Postgres away)
+        timeout=POOL_TIMEOUT_SECONDS,
         kwargs={
             "autocommit": True,
             "prepare_threshold": None,

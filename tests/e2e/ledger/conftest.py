@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.integration.ledger.conftest import js, ledger_db, nc
+from tests.integration.ledger.conftest import js, ledger_db, ledger_store, nc
 
-__all__ = ["js", "ledger_db", "nc"]
+__all__ = ["js", "ledger_db", "ledger_store", "nc"]

@@ -13,16 +13,19 @@ import pytest
 from nats.js import JetStreamContext
 
 from contracts.subjects import StreamNames
+from eventstore import EventStore
 from tests.integration.ledger.harness import running_projector, wait_for_position
 from tests.ledgerkit import append, busy_history
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _cli(
-    args: list[str], nats_url: str, db: str, streams: StreamNames
+def cli(
+    args: list[str], nats_url: str, db: str, streams: StreamNames, **extra: str
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``jetledger ARGS`` as a child process against this test's streams and database."""
     env = {
+        **extra,
         **os.environ,
         "JETLEDGER_NATS_URL": nats_url,
         "JETLEDGER_DATABASE_URL": db,
@@ -38,16 +41,17 @@ def _cli(
 
 
 async def test_replay_then_verify_then_detect_tampering(
-    nats_url: str, ledger_db: str, js: JetStreamContext, streams: StreamNames
-) -> None:
+    nats_url: str, ledger_db: str, js: JetStreamContext, ledger_store: EventStore,
+    streams: StreamNames,
+) -> None:  # fmt: skip
     last = await append(js, streams, busy_history(cards=3, rounds=4).events)
-    async with running_projector(ledger_db, js, streams):
+    async with running_projector(ledger_db, ledger_store):
         await wait_for_position(ledger_db, streams.source, last)
-        replay = await asyncio.to_thread(_cli, ["replay", "ledger"], nats_url, ledger_db, streams)
+        replay = await asyncio.to_thread(cli, ["replay", "ledger"], nats_url, ledger_db, streams)
         assert replay.returncode == 0, replay.stderr
         assert "events/s" in replay.stderr
         assert "swapped in as 'ledger'" in replay.stderr
-    ok = await asyncio.to_thread(_cli, ["verify"], nats_url, ledger_db, streams)
+    ok = await asyncio.to_thread(cli, ["verify"], nats_url, ledger_db, streams)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "OK" in ok.stdout
     async with await psycopg.AsyncConnection.connect(ledger_db, autocommit=True) as conn:
@@ -60,9 +64,9 @@ async def test_replay_then_verify_then_detect_tampering(
             " (SELECT stream, stream_sequence, leg_index FROM ledger.entries"
             "  WHERE account_id = 'merchant-m1' LIMIT 1)"
         )
-    bad = await asyncio.to_thread(_cli, ["verify"], nats_url, ledger_db, streams)
+    bad = await asyncio.to_thread(cli, ["verify"], nats_url, ledger_db, streams)
     assert bad.returncode == 1
-    assert "MISMATCH" in bad.stdout
+    assert "FAILED ledger:" in bad.stdout
     assert "card-c1" in bad.stdout
     assert "posted" in bad.stdout
     assert "merchant-m1" in bad.stdout

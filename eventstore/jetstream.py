@@ -8,6 +8,7 @@ projections use consumers read on lean connections of their own (``eventstore.re
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -370,16 +371,19 @@ class EventStore:
         ``server_filter=False`` reads every message and filters here: much cheaper for the server
         when the filters match most of the stream (see ``eventstore.reader``).
         """
-        async for got in self.replay_batches(
+        batches = self.replay_batches(
             from_sequence - 1,
             subject_filters,
             follow=follow,
             stream=stream,
             batch=batch,
             server_filter=server_filter,
-        ):
-            for message in got.messages:
-                yield message
+        )
+        # Closing this generator early must close the reader (and its connection) at once.
+        async with contextlib.aclosing(batches):
+            async for got in batches:
+                for message in got.messages:
+                    yield message
 
     async def replay_batches(
         self,
@@ -397,7 +401,7 @@ class EventStore:
         stop = (
             None if follow else (until if until is not None else await self.last_sequence(stream))
         )
-        async for got in read_batches(
+        batches = read_batches(
             self.read_url,
             stream,
             max(after, 0),
@@ -405,8 +409,10 @@ class EventStore:
             list(subject_filters or []),
             server_filter=server_filter,
             batch=batch,
-        ):
-            yield got
+        )
+        async with contextlib.aclosing(batches):
+            async for got in batches:
+                yield got
 
     async def subscribe(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -285,7 +285,7 @@ async def read_batches(
     batch: int = DEFAULT_BATCH,
     heartbeat_seconds: float = 1.0,
     max_reanchors: int = MAX_REANCHORS,
-) -> AsyncIterator[ReadBatch]:
+) -> AsyncGenerator[ReadBatch, None]:
     """Yield batches from ``after + 1`` in stream order, up to ``stop`` (None: follow forever)."""
     if stop is not None and stop <= after:
         return

@@ -204,7 +204,9 @@ async def stream_head(store: EventStore) -> int:
     return 0 if last is None else last.sequence
 
 
-async def wait_caught_up(conninfo: str, schema: str, stream: str, head: int, seconds: float) -> None:
+async def wait_caught_up(
+    conninfo: str, schema: str, stream: str, head: int, seconds: float
+) -> None:
     """Wait (bounded) until the tracking row reached ``head`` and the outbox is empty.
 
     Gives up early when nothing moved for ``STALL_SECONDS``: a stopped projection will not catch up.

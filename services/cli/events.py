@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -86,11 +87,13 @@ async def _tail(args: argparse.Namespace, settings: Settings) -> int:
             _show(message, settings, args.json)
         if args.follow:
             shown = 0
-            async for message in store.replay(last + 1, filters, stream=stream, follow=True):
-                _show(message, settings, args.json)
-                shown += 1
-                if shown == args.max:
-                    break
+            following = store.replay(last + 1, filters, stream=stream, follow=True)
+            async with contextlib.aclosing(following) as messages:  # --max leaves it early
+                async for message in messages:
+                    _show(message, settings, args.json)
+                    shown += 1
+                    if shown == args.max:
+                        break
     return 0
 
 

@@ -205,7 +205,7 @@ def render(report: VerifyReport, console: Console, limit: int = 50) -> None:
         derived = ""
         if report.derived is not None:
             derived = f"; the derived stream holds all {report.derived.entries} entries"
-        console.print(f"[green]OK[/] ledger: {head}: tables equal the stream{derived}")
+        console.print(f"[green]OK[/] {head}: ledger tables equal the stream{derived}")
         return
     for problem in report.problems():
         console.print(f"[red]FAILED[/] ledger: {problem}")

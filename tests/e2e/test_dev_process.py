@@ -171,7 +171,7 @@ def test_dev_runs_supervises_stops_restarts_and_leaves_no_orphans(
     assert cli_json(capsys, "card", "get", "alice")["posted"] == "3400"  # NATS kept the stream
     consuming = [
         line for line in dev.data.logs.joinpath("ledger.log").read_text().splitlines()
-        if '"projector consuming"' in line
+        if '"projection reading"' in line
     ]  # fmt: skip
     assert json.loads(consuming[-1])["after"] > 0  # Postgres kept the projection: no replay
     capsys.readouterr()

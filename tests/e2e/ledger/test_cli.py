@@ -14,7 +14,11 @@ from nats.js import JetStreamContext
 
 from contracts.subjects import StreamNames
 from eventstore import EventStore
-from tests.integration.ledger.harness import running_projector, wait_for_position
+from tests.integration.ledger.harness import (
+    running_projector,
+    wait_for_position,
+    wait_outbox_empty,
+)
 from tests.ledgerkit import append, busy_history
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,3 +75,29 @@ async def test_replay_then_verify_then_detect_tampering(
     assert "posted" in bad.stdout
     assert "merchant-m1" in bad.stdout
     assert "checksum" in bad.stdout
+
+
+async def test_repair_derived_re_emits_the_missing_entries_once(
+    nats_url: str, ledger_db: str, js: JetStreamContext, ledger_store: EventStore,
+    streams: StreamNames,
+) -> None:  # fmt: skip
+    last = await append(js, streams, busy_history(cards=2, rounds=3).events)
+    async with running_projector(ledger_db, ledger_store):
+        await wait_for_position(ledger_db, streams.source, last)
+        await wait_outbox_empty(ledger_db)
+    entries = (await js.stream_info(streams.derived)).state.messages
+    assert entries > 0
+    # the derived stream is lost (an operator re-created it, a bad restore): nothing re-emits it
+    await js.delete_stream(streams.derived)
+    await ledger_store.ensure_streams()
+    bad = await asyncio.to_thread(cli, ["verify"], nats_url, ledger_db, streams)
+    assert bad.returncode == 1
+    assert f"{entries} entries are missing from the derived stream" in bad.stdout
+    repair = await asyncio.to_thread(cli, ["repair", "derived"], nats_url, ledger_db, streams)
+    assert repair.returncode == 0, repair.stderr
+    assert f"re-emitted {entries} " in repair.stdout
+    again = await asyncio.to_thread(cli, ["repair", "derived"], nats_url, ledger_db, streams)
+    assert "re-emitted 0 " in again.stdout  # idempotent by entry id, not by the dedup window
+    ok = await asyncio.to_thread(cli, ["verify"], nats_url, ledger_db, streams)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (await js.stream_info(streams.derived)).state.messages == entries

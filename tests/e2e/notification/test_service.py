@@ -302,7 +302,7 @@ async def test_a_poison_event_stops_the_projector_loudly(
                 await append(js, streams, card.purchase(10))
 
                 async def stopped() -> bool:
-                    return service.metric("jetledger_notification_projector_errors_total") >= 1
+                    return service.metric("jetledger_projection_poison_events_total") >= 1
 
                 await _until(stopped)
                 health: Any = health_pb2_grpc.HealthStub(channel)
@@ -311,7 +311,7 @@ async def test_a_poison_event_stops_the_projector_loudly(
                 # Reads still work; nothing after the poison message was applied or skipped.
                 listed = await stub.ListNotifications(pb.ListNotificationsRequest(card_id="c1"))
                 assert [n.kind for n in listed.notifications] == [pb.NOTIFICATION_KIND_FUNDING]
-            assert "poison message stops the notification projector" in log.read_text()
+            assert "projection stopped on a poison message" in log.read_text()
         finally:
             service.stop()
         assert service.proc is not None and service.proc.returncode == 0  # graceful SIGTERM

@@ -25,12 +25,12 @@ from pathlib import Path
 import grpc
 import nats
 
+from bench.support import service_env, spawn_service, wait_serving
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.localservers import LocalNats, free_port
 from services.settings import Settings
-from tests.e2e.support import service_env, spawn_service, wait_serving
 
 
 def _id(prefix: str) -> str:

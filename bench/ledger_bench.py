@@ -1,48 +1,64 @@
-"""Ledger projection benchmark: steady projection rate, rebuild rate, raw ceilings, lag p99.
+"""Ledger projection benchmark: ceilings, steady projection, rebuild, lag — one run, one machine.
 
-Run ``python -m bench.ledger_bench [--events 120000] [--cards 1000]`` (not part of ``make test``).
-It starts its own nats-server and Postgres on loopback (or uses JETLEDGER_NATS_URL /
-JETLEDGER_DATABASE_URL), fills a fresh stream with valid card events in atomic batches, and prints:
+Run ``python -m bench.ledger_bench [--events 120000] [--cards 1000] [--json]`` (not part of
+``make test``). It starts its own nats-server and Postgres on loopback (or uses
+JETLEDGER_NATS_URL / JETLEDGER_DATABASE_URL), fills a fresh stream with valid card events in atomic
+batches, and measures, in this order:
 
-- raw ceilings of the same run: ordered-consumer read rate, Postgres COPY rate (entry rows/s);
-- steady projection rate: the live projector catching up the whole stream (batch 500);
-- rebuild rate: ``jetledger replay ledger`` as a child process (events/s, peak RSS);
-- projection lag at ~1,000 events/s: publish → visible in the tracking row, p50/p99.
+- ceilings of the same run: a nats-py ordered consumer reading the stream and doing nothing else
+  (the client the read side used to be bound by), the event store's reader doing nothing else, and
+  Postgres COPY of a prepared entries payload (rows/s, and events/s at this history's legs/event);
+- steady projection: the live runner projecting the whole stream from 0 (batch 500, relay on);
+- rebuild: ``jetledger replay ledger`` as a child process (wall time including start-up, its own
+  rate, resident memory at a quarter of the way and at the end: flat means bounded);
+- lag at a steady rate: publish → visible in the tracking row, p50/p99.
 
-Everything is bounded in count and time and talks to loopback only.
+``--json`` prints one JSON object with every figure, the ceilings and the targets. Everything is
+bounded in count and time and talks to loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nats
 import psycopg
-from nats.js import JetStreamContext, api
+from nats.js import api
 
+from bench.histories import History
 from contracts.codec import encode
 from contracts.events import SourceEvent
 from contracts.subjects import StreamNames, Subjects
+from eventstore import EventStore, OutgoingMessage
+from projections import tracking
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.migrate import apply_migrations
-from projections.ledger.projector import Projector, ProjectorConfig
-from projections.ledger.source import replay
-from projections.ledger.store import ENTRY_COLUMNS, tracking_position
+from projections.ledger.projection import LedgerProjection
+from projections.ledger.store import ENTRY_COLUMNS, copy_text
+from projections.metrics import ProjectionMetrics
+from projections.runner import ProjectionRunner, RunnerConfig
 from services.localservers import local_or_external
-from tests.ledgerkit import History
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+TARGETS = {
+    "rebuild_events_per_s": 40_000,
+    "rebuild_vs_copy": 0.3,
+    "steady_events_per_s": 15_000,
+    "lag_p99_ms_at_1000_per_s": 50.0,
+}
 
 
 def make_history(events: int, cards: int) -> list[SourceEvent]:
@@ -65,77 +81,111 @@ def make_history(events: int, cards: int) -> list[SourceEvent]:
     return h.events[:events]
 
 
-async def publish_atomic(
-    js: JetStreamContext, nc: Any, streams: StreamNames, events: list[SourceEvent]
-) -> int:
+async def fill(store: EventStore, events: list[SourceEvent]) -> int:
     """Append events in atomic batches of 500 (one fsync each); return the last sequence."""
+    subjects = store.names.subjects
     last = 0
     for start in range(0, len(events), 500):
         chunk = events[start : start + 500]
-        batch_id = uuid.uuid4().hex
-        for i, e in enumerate(chunk, start=1):
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
-            subject = streams.subjects.card_event(e.card_id, e)
-            if i == len(chunk):
-                headers["Nats-Batch-Commit"] = "1"
-                reply = await nc.request(subject, encode(e), timeout=10, headers=headers)
-                ack = api.PubAck.from_response(__import__("json").loads(reply.data))
-                last = ack.seq
-            else:
-                await nc.publish(subject, encode(e), headers=headers)
+        positions = await store.append_batch(
+            [OutgoingMessage(subjects.card_event(e.card_id, e), encode(e)) for e in chunk]
+        )
+        last = positions[-1].sequence
     return last
 
 
-async def read_ceiling(js: JetStreamContext, streams: StreamNames) -> tuple[int, float]:
-    """Read every card event with the ordered consumer, doing nothing else."""
-    t0 = time.perf_counter()
-    n = 0
-    async for _ in replay(js, streams.source, streams.subjects.all_cards):
-        n += 1
-    return n, time.perf_counter() - t0
+async def nats_py_ceiling(nc: Any, store: EventStore) -> float:
+    """Read every card event with a nats-py ordered pull consumer, doing nothing else."""
+    js = nc.jetstream()
+    names = store.names
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE,
+        deliver_policy=api.DeliverPolicy.ALL,
+        filter_subject=names.subjects.all_cards,
+        mem_storage=True,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe("", stream=names.source, config=config)
+    total = await store.last_sequence()
+    seen = 0
+    started = time.perf_counter()
+    while seen < total:
+        msgs = await sub.fetch(1000, timeout=5)
+        seen += len(msgs)
+        if msgs[-1].metadata.num_pending == 0:
+            break
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return seen / elapsed
+
+
+async def reader_ceiling(store: EventStore) -> float:
+    """Read every card event with the event store's reader, doing nothing else."""
+    started = time.perf_counter()
+    seen = 0
+    async for got in store.replay_batches(0, [store.names.subjects.all_cards], server_filter=False):
+        seen += len(got.messages)
+    return seen / (time.perf_counter() - started)
 
 
 async def copy_ceiling(db: str, rows: int) -> float:
-    """COPY ``rows`` entry-shaped rows into a scratch table; return rows/s."""
-    from datetime import UTC, datetime
-
+    """COPY a prepared payload of ``rows`` entry rows into a scratch table; return rows/s."""
     at = datetime.now(UTC)
-    data = [
+    payload = copy_text(
         ("S", i, 0, f"tx{i}", "c1", "card-c1", -100, "USD", "debit", -100 * i, "t.v1", at)
         for i in range(rows)
-    ]
+    )
     async with await psycopg.AsyncConnection.connect(db) as conn:
         await conn.execute("CREATE TEMP TABLE scratch (LIKE ledger.entries INCLUDING ALL)")
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         async with conn.transaction(), conn.cursor() as cur:
             cols = ", ".join(ENTRY_COLUMNS)
-            async with cur.copy(f"COPY scratch ({cols}) FROM STDIN") as copy:
-                for row in data:
-                    await copy.write_row(row)
-        return rows / (time.perf_counter() - t0)
+            async with cur.copy(f"COPY scratch ({cols}) FROM STDIN".encode()) as copy:
+                await copy.write(payload)
+        return rows / (time.perf_counter() - started)
 
 
-async def projection_rate(db: str, js: JetStreamContext, streams: StreamNames, last: int) -> float:
-    """Run the live projector from 0 to ``last``; return events/s."""
-    projector = Projector(
-        db, js, streams, LedgerMetrics(), ProjectorConfig(batch=500, fetch_timeout=0.5)
+def runner(db: str, store: EventStore, batch: int = 500) -> ProjectionRunner:
+    """The live ledger projection, as the service builds it."""
+    metrics = LedgerMetrics()
+    return ProjectionRunner(
+        LedgerProjection(db, store, metrics),
+        store,
+        db,
+        ProjectionMetrics(metrics.registry),
+        RunnerConfig(batch=batch),
     )
+
+
+async def steady_rate(db: str, store: EventStore, last: int, events: int) -> float:
+    """Run the live projection from 0 to ``last``; return events/s."""
+    live = runner(db, store)
     stop = asyncio.Event()
-    t0 = time.perf_counter()
-    task = asyncio.create_task(projector.run(stop))
+    started = time.perf_counter()
+    task = asyncio.create_task(live.run(stop))
     async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-        while True:
-            if await tracking_position(conn, "ledger", streams.source) >= last:
-                break
+        while await tracking.position(conn, "ledger", store.names.source) < last:
+            if task.done():
+                task.result()
             await asyncio.sleep(0.02)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - started
     stop.set()
     await task
-    return elapsed
+    return events / elapsed
 
 
-def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> tuple[float, int, str]:
-    """Run ``jetledger replay ledger`` as a child; return seconds, its peak RSS (KiB), summary."""
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
+def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> dict[str, Any]:
+    """Run ``jetledger replay ledger`` as a child: wall time, RSS along the way, its summary."""
     env = {
         **os.environ,
         "JETLEDGER_NATS_URL": nats_url,
@@ -143,46 +193,48 @@ def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> tuple[float, 
         "JETLEDGER_STREAM": streams.source,
         "JETLEDGER_DERIVED_STREAM": streams.derived,
         "JETLEDGER_SUBJECT_PREFIX": streams.subjects.prefix,
+        "COLUMNS": "200",
     }
     exe = Path(sys.executable).parent / "jetledger"
-    t0 = time.perf_counter()
+    started = time.perf_counter()
+    samples: list[tuple[float, int]] = []
     peak = 0
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([str(exe), "replay", "ledger"], env=env, stdout=out, stderr=out)
-        # The child's own high-water mark (rusage after fork would include the parent's pages).
         while proc.poll() is None:
             try:
-                status_text = Path(f"/proc/{proc.pid}/status").read_text()
-                peak = max(
-                    peak,
-                    *(
-                        int(line.split()[1])
-                        for line in status_text.splitlines()
-                        if line.startswith("VmHWM")
-                    ),
-                )
+                rss, hwm = _rss_kib(proc.pid)
+                samples.append((time.perf_counter() - started, rss))
+                peak = max(peak, hwm)
             except (OSError, ValueError):
                 pass
-            time.sleep(0.1)
-        elapsed = time.perf_counter() - t0
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(text)
     summary = [line for line in text.splitlines() if line.startswith("rebuilt")]
-    return elapsed, peak, summary[-1] if summary else text[-300:]
+    quarter = [rss for at, rss in samples if at <= elapsed / 4] or [0]
+    reported = 0.0
+    if summary and "(" in summary[-1]:
+        reported = float(summary[-1].split("(")[1].split(" events/s")[0].replace(",", ""))
+    return {
+        "seconds": elapsed,
+        "reported_events_per_s": reported,
+        "rss_mib_at_quarter": max(quarter) / 1024,
+        "rss_mib_peak": peak / 1024,
+        "summary": summary[-1] if summary else text[-300:],
+    }
 
 
-async def lag_at_rate(
-    db: str, js: JetStreamContext, nc: Any, streams: StreamNames, rate: int, seconds: float
-) -> list[float]:
-    """Publish ``rate`` events/s for ``seconds`` with the projector live; return per-event lags."""
-    events = make_history(int(rate * seconds) + 10, 50)[100:]  # skip issue/fund already present
-    projector = Projector(
-        db, js, streams, LedgerMetrics(), ProjectorConfig(batch=500, fetch_timeout=0.2)
-    )
+async def lag_at_rate(db: str, store: EventStore, rate: int, seconds: float) -> dict[str, float]:
+    """Publish ``rate`` events/s for ``seconds`` with the projection live; return lag stats."""
+    events = make_history(int(rate * seconds) + 110, 50)[100:]  # the issues/fundings are in
+    live = runner(db, store)
     stop = asyncio.Event()
-    task = asyncio.create_task(projector.run(stop))
+    task = asyncio.create_task(live.run(stop))
+    subjects = store.names.subjects
     sent: list[tuple[int, float]] = []
     seen: list[tuple[float, int]] = []
     done = asyncio.Event()
@@ -190,31 +242,27 @@ async def lag_at_rate(
     async def watch() -> None:
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             while not done.is_set():
-                seen.append(
-                    (time.perf_counter(), await tracking_position(conn, "ledger", streams.source))
-                )
+                position = await tracking.position(conn, "ledger", store.names.source)
+                seen.append((time.perf_counter(), position))
                 await asyncio.sleep(0.002)
 
+    await asyncio.sleep(1.0)  # the runner takes the lease and subscribes
     watcher = asyncio.create_task(watch())
     per_tick = max(1, rate // 100)
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     for tick, start in enumerate(range(0, len(events), per_tick)):
         chunk = events[start : start + per_tick]
         now = time.perf_counter()
-        acks = await asyncio.gather(
+        positions = await asyncio.gather(
             *(
-                js.publish(
-                    streams.subjects.card_event(e.card_id, e), encode(e), stream=streams.source
-                )
+                store.append(OutgoingMessage(subjects.card_event(e.card_id, e), encode(e)))
                 for e in chunk
             )
         )
-        sent.extend((a.seq, now) for a in acks)
-        await asyncio.sleep(max(0.0, t0 + (tick + 1) / 100 - time.perf_counter()))
+        sent.extend((p.sequence, now) for p in positions)
+        await asyncio.sleep(max(0.0, started + (tick + 1) / 100 - time.perf_counter()))
     last = max(s for s, _ in sent)
-    while True:
-        if seen and seen[-1][1] >= last:
-            break
+    while not seen or seen[-1][1] < last:  # noqa: ASYNC110 - the watcher appends
         await asyncio.sleep(0.01)
     done.set()
     await watcher
@@ -226,14 +274,17 @@ async def lag_at_rate(
         while seen[i][1] < seq:
             i += 1
         lags.append(seen[i][0] - at)
-    return lags
+    q = statistics.quantiles(lags, n=100)
+    return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "max_ms": max(lags) * 1000}
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    """Run every measurement once and print the numbers."""
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement once; return the figures."""
     token = uuid.uuid4().hex[:8]
     streams = StreamNames(f"BENCH{token}", f"BENCH{token}_DERIVED", Subjects(f"b{token}."))
     lag_streams = StreamNames(f"LAG{token}", f"LAG{token}_DERIVED", Subjects(f"l{token}."))
+    out: dict[str, Any] = {"events": args.events, "cards": args.cards}
+    say = (lambda *_: None) if args.json else print
     with (
         tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp,
         local_or_external(
@@ -243,12 +294,9 @@ async def main_async(args: argparse.Namespace) -> None:
         ) as servers,
     ):
         nc = await nats.connect(servers.nats_url)
-        js = nc.jetstream()
-        for s in (streams, lag_streams):
-            await js.add_stream(api.StreamConfig(
-                name=s.source, subjects=s.subjects.source_stream_subjects(), allow_atomic=True,
-                allow_direct=True, deny_delete=True, deny_purge=True, discard=api.DiscardPolicy.NEW,
-            ))  # fmt: skip
+        store, lag_store = EventStore(nc, streams), EventStore(nc, lag_streams)
+        for s in (store, lag_store):
+            await s.ensure_streams()
         dbs = []
         async with await psycopg.AsyncConnection.connect(
             servers.database_url, autocommit=True
@@ -260,48 +308,63 @@ async def main_async(args: argparse.Namespace) -> None:
         for d in dbs:
             async with await psycopg.AsyncConnection.connect(d) as conn:
                 await apply_migrations(conn)
-        print(f"generating {args.events} events over {args.cards} cards …", flush=True)
+        say(f"generating {args.events} events over {args.cards} cards …")
         history = make_history(args.events, args.cards)
-        t0 = time.perf_counter()
-        last = await publish_atomic(js, nc, streams, history)
-        print(
-            f"append (atomic batches of 500):   {len(history) / (time.perf_counter() - t0):>10,.0f} events/s"
+        legs = sum(len(getattr(e, "legs", ())) for e in history) / len(history)
+        started = time.perf_counter()
+        last = await fill(store, history)
+        out["append_events_per_s"] = len(history) / (time.perf_counter() - started)
+        say(f"append (atomic batches of 500):    {out['append_events_per_s']:>10,.0f} events/s")
+        copy_rows = await copy_ceiling(db, 200_000)
+        out["ceilings"] = {
+            "nats_py_read_events_per_s": await nats_py_ceiling(nc, store),
+            "reader_read_events_per_s": await reader_ceiling(store),
+            "postgres_copy_rows_per_s": copy_rows,
+            "postgres_copy_events_per_s": copy_rows / legs,
+        }
+        c = out["ceilings"]
+        say(f"ceiling: nats-py ordered consumer: {c['nats_py_read_events_per_s']:>10,.0f} events/s")
+        say(f"ceiling: event store reader:       {c['reader_read_events_per_s']:>10,.0f} events/s")
+        say(
+            f"ceiling: Postgres COPY entries:    {copy_rows:>10,.0f} rows/s"
+            f" (≈{c['postgres_copy_events_per_s']:,.0f} events/s at {legs:.2f} legs/event)"
         )
-        n, secs = await read_ceiling(js, streams)
-        print(f"ceiling: ordered-consumer read:   {n / secs:>10,.0f} events/s ({n} events)")
-        copy_rate = await copy_ceiling(db, 200_000)
-        print(
-            f"ceiling: Postgres COPY entries:   {copy_rate:>10,.0f} rows/s (≈{copy_rate / 2:,.0f} events/s at 2 legs/event)"
+        out["steady_events_per_s"] = await steady_rate(db, store, last, len(history))
+        say(f"steady projection (live, b=500):   {out['steady_events_per_s']:>10,.0f} events/s")
+        rebuild = await asyncio.to_thread(rebuild_child, db, servers.nats_url, streams)
+        rebuild["events_per_s"] = len(history) / rebuild["seconds"]
+        out["rebuild"] = rebuild
+        out["rebuild_vs_copy"] = rebuild["reported_events_per_s"] / c["postgres_copy_events_per_s"]
+        say(
+            f"rebuild (jetledger replay ledger): {rebuild['reported_events_per_s']:>10,.0f} events/s"
+            f" ({rebuild['events_per_s']:,.0f} wall incl. start-up);"
+            f" {out['rebuild_vs_copy']:.2f}× the COPY ceiling;"
+            f" RSS {rebuild['rss_mib_at_quarter']:.0f} MiB at ¼, peak {rebuild['rss_mib_peak']:.0f}"
         )
-        secs = await projection_rate(db, js, streams, last)
-        print(
-            f"steady projection (live, b=500):  {len(history) / secs:>10,.0f} events/s ({secs:.1f}s)"
-        )
-        secs, rss, summary = await asyncio.to_thread(rebuild_child, db, servers.nats_url, streams)
-        print(
-            f"rebuild (jetledger replay ledger): {len(history) / secs:>9,.0f} events/s wall incl. start-up; peak RSS {rss / 1024:.0f} MiB"
-        )
-        print(f"  {summary}")
-        await publish_atomic(js, nc, lag_streams, make_history(100, 50))
-        lags = await lag_at_rate(lag_db, js, nc, lag_streams, args.rate, args.seconds)
-        q = statistics.quantiles(lags, n=100)
-        print(
-            f"lag at {args.rate} events/s for {args.seconds:.0f}s: p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms"
+        await fill(lag_store, make_history(100, 50))
+        out["lag"] = await lag_at_rate(lag_db, lag_store, args.rate, args.seconds)
+        out["lag"]["rate"] = args.rate
+        say(
+            f"lag at {args.rate}/s for {args.seconds:.0f}s: p50 {out['lag']['p50_ms']:.1f} ms,"
+            f" p99 {out['lag']['p99_ms']:.1f} ms, max {out['lag']['max_ms']:.1f} ms"
         )
         await nc.close()
-    print(
-        f"bench process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-    )
+    out["targets"] = TARGETS
+    return out
 
 
 def main() -> None:
-    """Parse arguments and run the benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Parse arguments, run the benchmark, print the figures (or one JSON object)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--events", type=int, default=120_000)
     parser.add_argument("--cards", type=int, default=1_000)
     parser.add_argument("--rate", type=int, default=1_000, help="events/s for the lag measurement")
     parser.add_argument("--seconds", type=float, default=10.0)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    figures = asyncio.run(measure(args))
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from pathlib import Path
 import nats
 import psycopg
 
+from bench.histories import Events
 from contracts.codec import encode
 from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore
 from services.localservers import free_port, local_or_external
 from services.notification.preferences import PreferenceCommands
-from tests.notifykit import Events
 
 
 class Receiver:

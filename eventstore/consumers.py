@@ -208,41 +208,41 @@ class Puller:
             self._conn.unsubscribe(pull.sid)
 
     def _on(self, pull: _Pull, subject: bytes, reply: bytes, headers: bytes, data: bytes) -> None:
-        self._last_activity = time.monotonic()
         if not reply.startswith(ACK_PREFIX):
             self._on_status(pull, headers)
             return
         if self.broken is not None:
             return  # after a gap nothing more is taken from this consumer
         tokens = reply.split(b".")
-        if len(tokens) == 9:
-            delivered, sseq, cseq, stamp, pending = tokens[4:9]
-        elif len(tokens) >= 11:
-            delivered, sseq, cseq, stamp, pending = tokens[6:11]
-        else:
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>
+        # or, with a domain and an account hash, the same five fields two tokens later.
+        i = 4 if len(tokens) == 9 else 6
+        if len(tokens) != 9 and len(tokens) < 11:
             self._break(Broken(f"not a JetStream delivery: {reply[:80]!r}"))
             return
-        consumer_seq = int(cseq)
-        if consumer_seq != self._next_consumer_seq or delivered != b"1":
+        consumer_seq = int(tokens[i + 2])
+        if consumer_seq != self._next_consumer_seq or tokens[i] != b"1":
             self._break(
                 Broken(
                     f"gap in {self._stream}: expected delivery {self._next_consumer_seq},"
-                    f" got {consumer_seq} (delivered {delivered.decode()} times)"
+                    f" got {consumer_seq} (delivered {tokens[i].decode()} times)"
                 )
             )
             return
         self._next_consumer_seq = consumer_seq + 1
         # The MSG line's subject is the stored message's subject (not the pull's inbox).
         message = StoredMessage(
-            self._stream, int(sseq), subject.decode(), data, raw_headers=headers, time_ns=int(stamp)
-        )
-        self.ready.append((message, reply, int(pending)))
+            self._stream, int(tokens[i + 1]), subject.decode(), data, None, None, headers,
+            int(tokens[i + 3]),
+        )  # fmt: skip
+        self.ready.append((message, reply, int(tokens[i + 4])))
         pull.remaining -= 1
         if pull.remaining <= 0:
             self._finish(pull)
         self._wake.set()
 
     def _on_status(self, pull: _Pull, headers: bytes) -> None:
+        self._last_activity = time.monotonic()
         code = status_of(headers)
         if code == 100:
             last = header_value(headers, b"Nats-Last-Consumer")
@@ -268,6 +268,7 @@ class Puller:
         while not self.ready and self.broken is None:
             self.top_up()
             now = time.monotonic()
+            self._last_activity = max(self._last_activity, self._conn.last_data)
             if now - self._last_activity > HEARTBEAT_MISSES * self._heartbeat and self._pulls:
                 self._break(
                     Broken(

@@ -87,7 +87,6 @@ class StoredMessage:
         data: bytes,
         headers: Mapping[str, str] | None = None,
         time: datetime | None = None,
-        *,
         raw_headers: bytes = b"",
         time_ns: int = 0,
     ) -> None:

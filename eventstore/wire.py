@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import json
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -112,7 +113,8 @@ class WireConnection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
+        self._rest = b""  # received bytes not parsed yet (an incomplete line or payload)
+        self.last_data = time.monotonic()  # when bytes last arrived (stall detection)
         self._subs: dict[int, Handler] = {}
         self._sids = itertools.count(1)
         self._pongs: list[asyncio.Future[None]] = []
@@ -210,48 +212,60 @@ class WireConnection(asyncio.Protocol):
         self._on_lost.clear()
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
+        # Parsed as immutable bytes: slicing them is one copy, and the unparsed tail is kept.
+        buf = self._rest + data if self._rest else data
         pos = 0
         end = len(buf)
         subs = self._subs
+        find = buf.find
+        startswith = buf.startswith
+        self.last_data = time.monotonic()
         try:
             while pos < end:
-                eol = buf.find(_CRLF, pos)
+                eol = find(b"\r\n", pos)
                 if eol < 0:
                     if end - pos > _MAX_CONTROL_LINE:
                         raise StoreUnavailable("NATS protocol line too long")
                     break
-                op = buf[pos : pos + 4]
-                if op == b"HMSG" or op == b"MSG ":
-                    args = bytes(buf[pos + (5 if op == b"HMSG" else 4) : eol]).split(b" ")
+                if startswith(b"HMSG ", pos):
+                    # HMSG <subject> <sid> [reply] <header bytes> <total bytes>
+                    args = buf[pos + 5 : eol].split(b" ")
                     total = int(args[-1])
                     start = eol + 2
                     if start + total + 2 > end:
                         break  # the payload is not all here yet
-                    if op == b"HMSG":
-                        header_size = int(args[-2])
-                        reply = args[2] if len(args) == 5 else b""
-                        headers = bytes(buf[start : start + header_size])
-                        payload = bytes(buf[start + header_size : start + total])
-                    else:
-                        reply = args[2] if len(args) == 4 else b""
-                        headers, payload = b"", bytes(buf[start : start + total])
-                    pos = start + total + 2
+                    split = start + int(args[-2])
                     handler = subs.get(int(args[1]))
                     if handler is not None:
-                        handler(args[0], reply, headers, payload)
-                    continue
-                line = bytes(buf[pos:eol])
-                pos = eol + 2
-                self._control(line)
+                        handler(
+                            args[0],
+                            args[2] if len(args) == 5 else b"",
+                            buf[start:split],
+                            buf[split : start + total],
+                        )
+                    pos = start + total + 2
+                elif startswith(b"MSG ", pos):
+                    args = buf[pos + 4 : eol].split(b" ")
+                    total = int(args[-1])
+                    start = eol + 2
+                    if start + total + 2 > end:
+                        break
+                    handler = subs.get(int(args[1]))
+                    if handler is not None:
+                        reply = args[2] if len(args) == 4 else b""
+                        handler(args[0], reply, b"", buf[start : start + total])
+                    pos = start + total + 2
+                else:
+                    line = buf[pos:eol]
+                    pos = eol + 2
+                    self._control(line)
         except StoreUnavailable as exc:
             self._fail(exc)
             return
         except (ValueError, IndexError) as exc:
             self._fail(StoreUnavailable(f"malformed NATS protocol data: {exc}"))
             return
-        del buf[:pos]
+        self._rest = buf[pos:] if pos < end else b""
 
     def _control(self, line: bytes) -> None:
         if line.startswith(b"PING"):

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,16 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from contracts.accounts import FUNDING, card_account, merchant_account
+from bench.histories import Events as Events  # re-exported for the tests
 from contracts.codec import encode
 from contracts.events import (
-    CardFunded,
-    CardIssued,
     Event,
     LedgerEntryCreated,
-    Leg,
-    TransactionCreated,
-    TransactionDeclined,
 )
 from contracts.subjects import StreamNames
 from eventstore import EventStore, derived_stream_config, source_stream_config
@@ -74,94 +68,6 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
     finally:
         async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as admin:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass
-class Events:
-    """Builds valid source events for one card, with increasing times."""
-
-    card_id: str
-    currency: str = "USD"
-    _n: int = 0
-
-    def _id(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}-{uuid.uuid4().hex[:6]}"
-
-    def issue(self, limit: int = 0, last4: str = "4242") -> CardIssued:
-        """Issue the card (credit when ``limit`` > 0)."""
-        return CardIssued(
-            card_id=self.card_id,
-            command_id=self._id("iss"),
-            at=datetime.now(UTC),
-            account_id=card_account(self.card_id),
-            cardholder_name="Test Holder",
-            card_type="credit" if limit else "debit",
-            currency=self.currency,
-            credit_limit=limit,
-            last4=last4,
-        )
-
-    def fund(self, amount: int) -> CardFunded:
-        """Top the card up from the funding house account."""
-        return CardFunded(
-            card_id=self.card_id,
-            command_id=self._id("fund"),
-            at=datetime.now(UTC),
-            amount=amount,
-            currency=self.currency,
-            legs=(
-                Leg(FUNDING, -amount, self.currency),
-                Leg(card_account(self.card_id), amount, self.currency),
-            ),
-        )
-
-    def purchase(
-        self, amount: int, merchant: str = "m-1", description: str = ""
-    ) -> TransactionCreated:
-        """A one-step purchase."""
-        return TransactionCreated(
-            card_id=self.card_id,
-            command_id=self._id("tx"),
-            at=datetime.now(UTC),
-            merchant_id=merchant,
-            amount=amount,
-            currency=self.currency,
-            legs=(
-                Leg(card_account(self.card_id), -amount, self.currency),
-                Leg(merchant_account(merchant), amount, self.currency),
-            ),
-            description=description,
-        )
-
-    def decline(self, amount: int, merchant: str = "m-1") -> TransactionDeclined:
-        """A purchase refused for insufficient funds."""
-        return TransactionDeclined(
-            card_id=self.card_id,
-            command_id=self._id("dec"),
-            at=datetime.now(UTC),
-            command_type="create_transaction",
-            reason="insufficient_funds",
-            amount=amount,
-            currency=self.currency,
-            merchant_id=merchant,
-        )
-
-    def entry(self, source: TransactionCreated, stream: str, sequence: int) -> LedgerEntryCreated:
-        """The ledger entry of a purchase's card leg, as the ledger's outbox publishes it."""
-        return LedgerEntryCreated(
-            entry_id=f"{stream}:{sequence}:0",
-            transaction_id=source.command_id,
-            card_id=self.card_id,
-            account_id=card_account(self.card_id),
-            amount=-source.amount,
-            currency=self.currency,
-            balance_after=0,
-            event_type="transaction.created.v1",
-            effective_at=source.at,
-            stream=stream,
-            stream_sequence=sequence,
-        )
 
 
 async def append(js: JetStreamContext, streams: StreamNames, *events: Event) -> list[int]:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
-from pathlib import Path
-from typing import Any
 
 import nats
 
+from bench.support import service_env as service_env
+from bench.support import spawn_service as spawn_service
+from bench.support import wait_serving as wait_serving
 from jetledger.card.v1 import card_pb2
 from jetledger.transaction.v1 import transaction_pb2 as tx
-from services.settings import Settings
 
 
 def new_id(prefix: str = "id") -> str:
@@ -59,50 +58,3 @@ async def stream_subjects(nats_url: str, stream: str, subject_filter: str) -> di
         return dict(info.state.subjects or {})
     finally:
         await nc.close()
-
-
-def service_env(settings: Settings, **overrides: object) -> dict[str, str]:
-    """Environment for a service child process: this test's settings as JETLEDGER_* variables."""
-    import dataclasses
-    import os
-
-    env = dict(os.environ)
-    for field in dataclasses.fields(settings):
-        if field.name == "extra":
-            continue
-        env[f"JETLEDGER_{field.name.upper()}"] = str(getattr(settings, field.name))
-    for key, value in overrides.items():
-        env[f"JETLEDGER_{key.upper()}"] = str(value)
-    return env
-
-
-def spawn_service(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m <module>`` as a child process, logging to ``log_path``."""
-    import sys
-
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-
-
-async def wait_serving(port: int, within: float = 20.0) -> None:
-    """Wait until the gRPC server on ``port`` reports SERVING."""
-    import asyncio
-
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = asyncio.get_running_loop().time() + within
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub: Any = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"service on port {port} never became SERVING")
-            await asyncio.sleep(0.1)

@@ -74,8 +74,15 @@ def decode_preference_event(data: bytes) -> PreferenceEvent:
         raise UndecodableEvent(f"undecodable preference event: {exc}") from exc
 
 
+_TAGS: dict[type, str] = {}
+
+
 def event_type(event: msgspec.Struct) -> str:
     """Return the versioned tag of an event, e.g. ``"transaction.created.v1"``."""
-    tag = type(event).__struct_config__.tag
-    assert isinstance(tag, str)
+    kind = type(event)
+    tag = _TAGS.get(kind)
+    if tag is None:
+        found = kind.__struct_config__.tag
+        assert isinstance(found, str)
+        tag = _TAGS[kind] = found
     return tag

@@ -45,6 +45,7 @@ from eventstore.provisioning import (
     source_stream_config,
 )
 from eventstore.reader import ReadBatch, Subscription, open_subscription, read_batches
+from eventstore.workers import read_batches_in_worker
 
 DEFAULT_TIMEOUT: Final = 5.0
 READ_BATCH: Final = 1000
@@ -395,13 +396,19 @@ class EventStore:
         stream: str | None = None,
         batch: int = READ_BATCH,
         server_filter: bool = True,
+        in_worker: bool = False,
     ) -> AsyncGenerator[ReadBatch, None]:
-        """Yield batches after ``after`` up to ``until`` (default: the last sequence now)."""
+        """Yield batches after ``after`` up to ``until`` (default: the last sequence now).
+
+        ``in_worker=True`` reads in a child process (``eventstore.workers``): for long replays
+        whose caller is CPU-bound, such as a rebuild.
+        """
         stream = stream or self.names.source
         stop = (
             None if follow else (until if until is not None else await self.last_sequence(stream))
         )
-        batches = read_batches(
+        reader = read_batches_in_worker if in_worker else read_batches
+        batches = reader(
             self.read_url,
             stream,
             max(after, 0),

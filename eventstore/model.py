@@ -107,6 +107,18 @@ class StoredMessage:
         return self._headers
 
     @property
+    def raw_headers(self) -> bytes:
+        """The headers as the server sent them (``NATS/1.0`` lines), empty when unknown."""
+        return self._raw_headers
+
+    @property
+    def time_ns(self) -> int:
+        """When the stream stored the message, in nanoseconds since the epoch."""
+        if not self._time_ns and self._time is not None:
+            self._time_ns = (self._time - _EPOCH) // timedelta(microseconds=1) * 1000
+        return self._time_ns
+
+    @property
     def time(self) -> datetime:
         """When the stream stored the message (UTC, microseconds)."""
         if self._time is None:

@@ -134,7 +134,8 @@ class Rebuild:
 
     async def _replay(self, conn: Conn, until: int, phase: str) -> None:
         pending = 0
-        async for got in self._read(until):
+        # The bulk is read in a worker process: reading then costs this process almost nothing.
+        async for got in self._read(until, in_worker=phase == "replay"):
             pending += self._project(got.messages)
             self._covered = got.last_sequence
             if pending >= self._chunk:
@@ -144,12 +145,13 @@ class Rebuild:
         await self._flush(conn)
         self._report(phase, until)
 
-    def _read(self, until: int) -> AsyncIterator[ReadBatch]:
+    def _read(self, until: int, in_worker: bool = False) -> AsyncIterator[ReadBatch]:
         return self._store.replay_batches(
             self._covered,
             [self._streams.subjects.all_cards],
             until=until,
             server_filter=False,
+            in_worker=in_worker,
         )
 
     def _project(self, messages: list[StoredMessage]) -> int:

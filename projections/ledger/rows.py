@@ -154,7 +154,45 @@ class Rows:
         self.outbox.clear()
 
 
-def _check_legs(legs: Iterable[Leg], what: str) -> None:
+def _check_legs(legs: tuple[Leg, ...], tag: str, stream: str, sequence: int) -> None:
+    if len(legs) == 2:  # nearly every event: one debit, one credit, one currency
+        a, b = legs
+        if (
+            type(a.amount) is int
+            and type(b.amount) is int
+            and a.amount
+            and a.amount + b.amount == 0
+            and a.currency == b.currency
+            and a.account_id in _KNOWN_KINDS
+            and b.account_id in _KNOWN_KINDS
+        ):
+            return
+    _check_legs_slowly(legs, f"{tag} at {stream}:{sequence}")
+
+
+class _KnownKinds(dict[str, str]):
+    """Account ids whose kind was checked once (bounded: cleared when large)."""
+
+    def __missing__(self, account_id: str) -> str:
+        if len(self) > 1_000_000:
+            self.clear()
+        kind = self[account_id] = account_kind(account_id)
+        return kind
+
+    def __contains__(self, account_id: object) -> bool:
+        if not isinstance(account_id, str):
+            return False
+        try:
+            self[account_id]
+        except InvalidEvent:
+            return False
+        return True
+
+
+_KNOWN_KINDS = _KnownKinds()
+
+
+def _check_legs_slowly(legs: Iterable[Leg], what: str) -> None:
     totals: dict[str, int] = defaultdict(int)
     count = 0
     for leg in legs:
@@ -165,6 +203,9 @@ def _check_legs(legs: Iterable[Leg], what: str) -> None:
         count += 1
     if count < 2 or any(totals.values()):
         raise InvalidEvent(f"{what}: legs must be ≥ 2 and sum to zero per currency: {totals}")
+
+
+_POSTING_KINDS: dict[type, str] = {CardFunded: "funding", BalanceAdjusted: "adjustment"}
 
 
 @dataclass(slots=True)
@@ -213,9 +254,7 @@ class Projection:
             self._transaction(event, stream, sequence, "decline", None, event.merchant_id)
             return
         if isinstance(event, CardFunded | BalanceAdjusted | TransactionCreated):
-            kind = {CardFunded: "funding", BalanceAdjusted: "adjustment"}.get(
-                type(event), "purchase"
-            )
+            kind = _POSTING_KINDS.get(type(event), "purchase")
             merchant = event.merchant_id if isinstance(event, TransactionCreated) else ""
             self._transaction(event, stream, sequence, kind, None, merchant)
             self._post(event.legs, event.card_id, event.command_id, tag, stream, sequence, at)
@@ -289,14 +328,21 @@ class Projection:
         sequence: int,
         at: datetime,
     ) -> None:
-        _check_legs(legs, f"{tag} at {stream}:{sequence}")
+        _check_legs(legs, tag, stream, sequence)
+        book = self.book
+        balances, touched = book.balances, book.touched
+        entries = self.rows.entries
         for index, leg in enumerate(legs):
-            bal = self.book.get(leg.account_id, leg.currency)
+            key = (leg.account_id, leg.currency)
+            bal = balances.get(key)
+            if bal is None:
+                bal = book.get(leg.account_id, leg.currency)
+            touched[key] = bal
             bal.posted += leg.amount
             bal.entry_count += 1
-            self._touch(bal, stream, sequence, at)
+            bal.stream, bal.last_sequence, bal.updated_at = stream, sequence, at
             direction = "debit" if leg.amount < 0 else "credit"
-            self.rows.entries.append(
+            entries.append(
                 (
                     stream,
                     sequence,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -309,3 +310,35 @@ async def test_credentials_in_the_url_are_used(tmp_path: Path) -> None:
                 pass
     finally:
         server.stop()
+
+
+async def test_a_replay_read_in_a_worker_process_is_the_same_replay(store: EventStore) -> None:
+    rests = [f"card.c{i % 3}.funded" if i % 4 else f"command.k{i}" for i in range(2200)]
+    await fill(store, rests)
+    cards = [store.names.subjects.all_cards]
+
+    async def read(in_worker: bool) -> list[tuple[int, str, bytes, int]]:
+        return [
+            (m.sequence, m.subject, m.data, m.time_ns)
+            async for got in store.replay_batches(
+                0, cards, server_filter=False, batch=300, in_worker=in_worker
+            )
+            for m in got.messages
+        ]
+
+    assert await read(True) == await read(False)
+    # left early: the child goes away with the generator
+    early = store.replay_batches(0, cards, server_filter=False, batch=100, in_worker=True)
+    async with contextlib.aclosing(early) as batches:
+        async for _ in batches:
+            break
+
+
+async def test_a_worker_reader_raises_what_the_reader_raises() -> None:
+    from eventstore.workers import read_batches_in_worker
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        async for _ in read_batches_in_worker(f"nats://127.0.0.1:{free_port()}", "X", 0, 10, []):
+            pass
+    assert time.monotonic() - started < 10

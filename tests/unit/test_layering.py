@@ -84,9 +84,9 @@ def test_no_service_imports_another_services_internals(graph: dict[str, set[str]
             continue
         for name in imported:
             tokens = name.split(".")
-            if tokens[0] == "services" and len(tokens) > 1 and tokens[1] in SERVICES:
-                if tokens[1] != parts[1]:
-                    offenders.append(f"{path} imports {name}")
+            other = tokens[1] if tokens[0] == "services" and len(tokens) > 1 else ""
+            if other in SERVICES and other != parts[1]:
+                offenders.append(f"{path} imports {name}")
     assert offenders == []
 
 

@@ -23,7 +23,9 @@ def _escaped(rows: Rows) -> list[bytes]:
 
 
 @given(ids=st.lists(text, min_size=3, max_size=3), free=text, parent=st.none() | text)
-def test_payloads_equal_the_fully_escaped_ones(ids: list[str], free: str, parent: str | None) -> None:
+def test_payloads_equal_the_fully_escaped_ones(
+    ids: list[str], free: str, parent: str | None
+) -> None:
     rows = Rows()
     rows.entries.append(("S", 7, 0, ids[0], ids[1], ids[2], -5, "USD", "debit", 2**70, "t.v1", AT))
     rows.transactions.append(

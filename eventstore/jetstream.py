@@ -44,6 +44,7 @@ from eventstore.provisioning import (
     derived_stream_config,
     source_stream_config,
 )
+from eventstore.publisher import BatchPublisher
 from eventstore.reader import ReadBatch, Subscription, open_subscription, read_batches
 from eventstore.workers import read_batches_in_worker
 
@@ -420,6 +421,10 @@ class EventStore:
         async with contextlib.aclosing(batches):
             async for got in batches:
                 yield got
+
+    def batch_publisher(self) -> BatchPublisher:
+        """A publisher of atomic batches on a lean connection of its own (for relays)."""
+        return BatchPublisher(self.read_url, timeout=max(self.timeout, 10.0))
 
     async def subscribe(
         self,

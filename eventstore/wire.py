@@ -21,7 +21,7 @@ import itertools
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, urlsplit
@@ -74,6 +74,15 @@ def header_value(headers: bytes, name: bytes) -> bytes | None:
         if sep and key.strip().lower() == name.lower():
             return value.strip()
     return None
+
+
+def hpub_frame(subject: str, headers: Mapping[str, str], payload: bytes, reply: str = "") -> bytes:
+    """One ``HPUB`` protocol frame: a message with headers (and a reply subject, if any)."""
+    head = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    block = head.encode()
+    total = len(block) + len(payload)
+    where = f"{subject} {reply}" if reply else subject
+    return f"HPUB {where} {len(block)} {total}\r\n".encode() + block + payload + _CRLF
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +321,10 @@ class WireConnection(asyncio.Protocol):
         if self._subs.pop(sid, None) is not None and self.error is None:
             self._write(f"UNSUB {sid}\r\n".encode())
 
+    def write(self, frames: bytes) -> None:
+        """Send protocol frames built with ``hpub_frame`` (buffered: see ``flush``)."""
+        self._write(frames)
+
     def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         """Send one message (buffered: see ``flush``)."""
         head = (
@@ -331,7 +344,13 @@ class WireConnection(asyncio.Protocol):
         except TimeoutError:
             raise StoreUnavailable("NATS did not answer a PING in time") from None
 
-    async def request(self, subject: str, payload: bytes, timeout: float = 5.0) -> Reply:  # noqa: ASYNC109
+    async def request(
+        self,
+        subject: str,
+        payload: bytes,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
         """Send a request and return its first answer (a 503 status means no responder)."""
         inbox = self.new_inbox()
         answer: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -347,7 +366,10 @@ class WireConnection(asyncio.Protocol):
         sid = self.subscribe(inbox, on_reply)
         forget = self.on_lost(on_lost)
         try:
-            self.publish(subject, payload, inbox)
+            if headers:
+                self._write(hpub_frame(subject, headers, payload, inbox))
+            else:
+                self.publish(subject, payload, inbox)
             try:
                 reply = await asyncio.wait_for(answer, timeout)
             except TimeoutError:

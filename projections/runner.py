@@ -22,12 +22,11 @@ one at a time on one connection. Lag (events and seconds) is exported per stream
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
@@ -69,19 +68,75 @@ class RunnerConfig:
 class _Lag:
     """What one stream's reader has seen and the applier not yet applied."""
 
-    pending: int = 0
-    queued: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
-    applied_at: float = 0.0  # store time of the last applied message (unix seconds)
+    pending: int = 0  # stored, not yet read (the consumer's count after the last delivery)
+    queued: int = 0  # read, waiting for the applier
+    oldest_queued: float = 0.0  # store time of the first of those (unix seconds; 0: none)
+    applied_at: float = 0.0  # store time of the last applied message
 
     def events(self) -> float:
-        return float(self.pending + sum(n for _, n in self.queued))
+        return float(self.pending + self.queued)
 
     def seconds(self) -> float:
-        if self.queued:
-            return max(0.0, time.time() - self.queued[0][0])
+        if self.oldest_queued:
+            return max(0.0, time.time() - self.oldest_queued)
         if self.pending and self.applied_at:
             return max(0.0, time.time() - self.applied_at)
         return 0.0
+
+
+class _Inbox:
+    """Batches read and not yet applied: one batch per stream, which grows while the applier is
+    busy (up to ``limit`` messages), so a slow commit is followed by a big batch, not many small
+    ones; plus the first error of a reader or of the side work, and the stop signal."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.batches: dict[str, ReadBatch] = {}
+        self.error: BaseException | None = None
+        self.stopped = False
+        self._changed = asyncio.Condition()
+
+    def room(self, stream: str) -> int:
+        held = self.batches.get(stream)
+        return self.limit - (0 if held is None else len(held.messages))
+
+    async def wait_for_room(self, stream: str) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.room(stream) > 0 or self.stopped)
+
+    async def put(self, got: ReadBatch) -> None:
+        async with self._changed:
+            held = self.batches.get(got.stream)
+            if held is None:
+                self.batches[got.stream] = got
+            else:
+                held.messages += got.messages
+                held.last_sequence, held.pending = got.last_sequence, got.pending
+                held.ack_subject = got.ack_subject
+            self._changed.notify_all()
+
+    async def fail(self, error: BaseException) -> None:
+        async with self._changed:
+            self.error = self.error or error
+            self._changed.notify_all()
+
+    async def stop(self) -> None:
+        async with self._changed:
+            self.stopped = True
+            self._changed.notify_all()
+
+    async def take(self) -> ReadBatch | None:
+        """The oldest waiting batch (None once stopped); raises a reader's error."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self.batches) or self.error or self.stopped)
+            if self.error is not None:
+                raise self.error
+            if self.stopped:
+                return None
+            stream = next(iter(self.batches))
+            got = self.batches.pop(stream)
+            self._changed.notify_all()
+            return got
 
 
 class ProjectionRunner:
@@ -146,7 +201,7 @@ class ProjectionRunner:
                     self.leading.clear()
                     self._m.leader.labels(name).set(0)
                     for lag in self._lags.values():
-                        lag.pending, lag.queued = 0, collections.deque()
+                        lag.pending, lag.queued, lag.oldest_queued = 0, 0, 0.0
                     await self._lease.release()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.retry_seconds)
@@ -169,9 +224,7 @@ class ProjectionRunner:
     async def _lead(self, stop: asyncio.Event) -> None:
         projection = self.projection
         conn = await psycopg.AsyncConnection.connect(self.conninfo, prepare_threshold=None)
-        queue: asyncio.Queue[ReadBatch | BaseException | None] = asyncio.Queue(
-            maxsize=2 * len(projection.sources())
-        )
+        inbox = _Inbox(self.config.batch)
         subs: dict[str, Subscription] = {}
         tasks: list[asyncio.Task[None]] = []
         side_stop = asyncio.Event()
@@ -190,13 +243,13 @@ class ProjectionRunner:
                     server_filter=False,
                 )
                 log.info("projection reading", extra={"stream": source.stream, "after": after})
-            tasks += [asyncio.create_task(self._read(sub, queue)) for sub in subs.values()]
-            tasks.append(asyncio.create_task(self._watch(stop, queue)))
-            tasks.append(asyncio.create_task(self._side_work(side_stop, queue)))
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                await self._apply(conn, subs[item.stream], item)
+            tasks += [asyncio.create_task(self._read(sub, inbox)) for sub in subs.values()]
+            tasks.append(asyncio.create_task(self._watch(stop, inbox)))
+            tasks.append(asyncio.create_task(self._side_work(side_stop, inbox)))
+            while (got := await inbox.take()) is not None:
+                lag = self._lags[got.stream]
+                lag.queued, lag.oldest_queued = 0, 0.0
+                await self._apply(conn, subs[got.stream], got)
         finally:
             side_stop.set()
             for task in tasks:
@@ -207,22 +260,23 @@ class ProjectionRunner:
             with contextlib.suppress(Exception):
                 await conn.close()
 
-    async def _watch(self, stop: asyncio.Event, queue: asyncio.Queue[Any]) -> None:
+    async def _watch(self, stop: asyncio.Event, inbox: _Inbox) -> None:
         await stop.wait()
-        await queue.put(None)
+        await inbox.stop()
 
-    async def _side_work(self, stop: asyncio.Event, queue: asyncio.Queue[Any]) -> None:
+    async def _side_work(self, stop: asyncio.Event, inbox: _Inbox) -> None:
         try:
             await self.projection.while_leading(stop)
         except Exception as exc:  # surfaced by the applier: it restarts the leadership
-            await queue.put(exc)
+            await inbox.fail(exc)
 
-    async def _read(self, sub: Subscription, queue: asyncio.Queue[Any]) -> None:
+    async def _read(self, sub: Subscription, inbox: _Inbox) -> None:
         lag = self._lags[sub.stream]
         seen = 0
         try:
             while True:
-                got = await sub.next_batch(self.config.batch, READ_WAIT_SECONDS)
+                await inbox.wait_for_room(sub.stream)
+                got = await sub.next_batch(inbox.room(sub.stream), READ_WAIT_SECONDS)
                 if sub.reanchors > seen:
                     self._reanchors.inc(sub.reanchors - seen)
                     seen = sub.reanchors
@@ -230,11 +284,12 @@ class ProjectionRunner:
                     lag.pending = 0  # idle with pulls outstanding: nothing stored is unread
                     continue
                 lag.pending = got.pending
-                first = got.messages[0].time.timestamp() if got.messages else time.time()
-                lag.queued.append((first, len(got.messages)))
-                await queue.put(got)
+                if got.messages and not lag.oldest_queued:
+                    lag.oldest_queued = got.messages[0].time.timestamp()
+                lag.queued += len(got.messages)
+                await inbox.put(got)
         except Exception as exc:
-            await queue.put(exc)
+            await inbox.fail(exc)
 
     async def _apply(self, conn: Conn, sub: Subscription, got: ReadBatch) -> None:
         started = time.perf_counter()
@@ -255,8 +310,6 @@ class ProjectionRunner:
                         self.projection.committed(stream, result)
                 raise
         lag = self._lags[stream]
-        if lag.queued:
-            lag.queued.popleft()
         if got.messages:
             lag.applied_at = got.messages[-1].time.timestamp()
         if committed:

@@ -1,8 +1,9 @@
 """The outbox relay: publishes queued ``ledger.entry_created`` events to the derived stream.
 
 Rows are written by the projection in its batch transaction, so no entry's event is ever lost; the
-relay publishes them in id order through the event store, as one atomic batch per poll (one fsync
-for up to 500 entries) with ``Nats-Msg-Id`` = entry id, and deletes them once JetStream acked.
+relay publishes them in id order with the event store's lean batch publisher, as one atomic batch
+per poll (one fsync for up to 500 entries) with ``Nats-Msg-Id`` = entry id, and deletes them once
+JetStream acked.
 
 A crash between a publish and its delete leaves published rows in the outbox. Rather than lean on
 the duplicate window, the relay reconciles when it starts: batches are atomic and published in id
@@ -53,17 +54,21 @@ class OutboxRelay:
         self._wake = wake
         self._batch = batch
         self._idle = idle_seconds
+        self._publisher = store.batch_publisher()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop``; errors propagate so the runner restarts its leadership."""
         async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
             await self.reconcile(conn)
-            while not stop.is_set():
-                self._wake.clear()
-                sent = await self.relay_once(conn)
-                if sent < self._batch:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._idle)
+            try:
+                while not stop.is_set():
+                    self._wake.clear()
+                    sent = await self.relay_once(conn)
+                    if sent < self._batch:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), self._idle)
+            finally:
+                self._publisher.close()
 
     async def reconcile(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Delete the rows a crashed relay published but did not delete; return how many."""
@@ -100,7 +105,7 @@ class OutboxRelay:
             for _, entry_id, subject, payload in rows
         ]
         try:
-            await self._store.append_batch(messages)
+            await self._publisher.publish(messages)
         except DuplicateMessageId:
             # A batch repeating a recent Nats-Msg-Id is refused whole: publish one by one, and
             # the duplicate window acknowledges the repeats with their original positions.

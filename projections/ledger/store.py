@@ -6,6 +6,7 @@ schema) write through these functions, so the two produce byte-identical tables.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -280,38 +281,51 @@ def balance_row(bal: Balance) -> tuple[Any, ...]:
     )
 
 
+def _balance_line(b: Balance) -> str:
+    card = "\\N" if b.card_id is None else _e(b.card_id)
+    return (
+        f"{_e(b.account_id)}\t{_e(b.currency)}\t{b.kind}\t{card}\t{b.posted}\t{b.pending}"
+        f"\t{b.credit_limit}\t{b.available}\t{b.entry_count}\t{_e(b.stream)}"
+        f"\t{b.last_sequence}\t{_o(b.updated_at)}\n"
+    )
+
+
+@functools.cache
+def _balance_statements(schema: str) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
+    cols = sql.SQL(", ").join(map(sql.Identifier, BALANCE_COLUMNS))
+    stage = sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS balances_stage ({}) ON COMMIT DELETE ROWS"
+    ).format(
+        sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+            for c, t in zip(BALANCE_COLUMNS, _BALANCE_TYPES, strict=True)
+        )
+    )
+    copy = sql.SQL("COPY balances_stage ({}) FROM STDIN").format(cols)
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in BALANCE_COLUMNS[2:]
+    )
+    upsert = sql.SQL(
+        "INSERT INTO {} ({}) SELECT {} FROM balances_stage"
+        " ON CONFLICT (account_id, currency) DO UPDATE SET {}"
+    ).format(table(schema, "balances"), cols, cols, updates)
+    return stage, copy, upsert
+
+
 async def upsert_balances(conn: Conn, schema: str, balances: Iterable[Balance]) -> None:
     """Write the new values of changed balances (the projector computed them; SQL stores them).
 
     COPY into a per-session staging table, then one INSERT … ON CONFLICT: far cheaper than a
     statement per account.
     """
-    rows = [balance_row(b) for b in balances]
-    if not rows:
+    payload = "".join(map(_balance_line, balances)).encode()
+    if not payload:
         return
-    cols = sql.SQL(", ").join(map(sql.Identifier, BALANCE_COLUMNS))
-    await conn.execute(
-        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS balances_stage ({}) ON COMMIT DELETE ROWS").format(
-            sql.SQL(", ").join(
-                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
-                for c, t in zip(BALANCE_COLUMNS, _BALANCE_TYPES, strict=True)
-            )
-        )
-    )
-    async with (
-        conn.cursor() as cur,
-        cur.copy(sql.SQL("COPY balances_stage ({}) FROM STDIN").format(cols)) as copy,
-    ):
-        await copy.write(copy_text(rows))
-    updates = sql.SQL(", ").join(
-        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in BALANCE_COLUMNS[2:]
-    )
-    await conn.execute(
-        sql.SQL(
-            "INSERT INTO {} ({}) SELECT {} FROM balances_stage"
-            " ON CONFLICT (account_id, currency) DO UPDATE SET {}"
-        ).format(table(schema, "balances"), cols, cols, updates)
-    )
+    stage, copy_stmt, upsert = _balance_statements(schema)
+    await conn.execute(stage)
+    async with conn.cursor() as cur, cur.copy(copy_stmt) as copy:
+        await copy.write(payload)
+    await conn.execute(upsert)
 
 
 _BALANCE_TYPES = (

@@ -1,12 +1,12 @@
 """The derived stream against the entries table: what ``verify`` checks, ``repair derived`` fixes.
 
 Every entry in ``ledger.entries`` must be in the derived stream exactly once as a
-``ledger.entry_created`` event, except the ones still queued in the outbox; nothing else may be
-there. Entries are compared by their key, ``(source sequence, leg)`` packed in one integer, in
+``ledger.entry_created`` event, except the ones after the relay's position (not published yet);
+nothing else may be there. Entries are compared by their key, ``(source sequence, leg)`` packed in one integer, in
 sorted arrays (8 bytes an entry on each side, whatever the payloads).
 
-``repair_derived`` re-emits the entries missing from the stream (after a rebuild that replaced
-rows the live relay never published, or after an operator fixed a damaged stream). It publishes
+``repair_derived`` re-emits the entries missing from the stream (entries a rebuild of an older
+release wrote without publishing, or a stream an operator re-created). It publishes
 only what a fresh scan finds missing, with ``Nats-Msg-Id`` = entry id, so running it twice, or
 long after the duplicate window, adds nothing twice; consumers are idempotent by entry id anyway.
 """
@@ -63,7 +63,7 @@ class DerivedReport:
     position: int
     entries: int = 0
     published: int = 0
-    pending: int = 0  # still in the outbox: published by the relay soon (or it is not running)
+    pending: int = 0  # after the relay's position: published soon (or the relay is not running)
     missing: list[int] = field(default_factory=list)  # entry keys absent from the stream
     unexpected: int = 0  # entries in the stream that the table does not hold
     duplicates: int = 0  # entries in the stream more than once
@@ -88,7 +88,7 @@ class DerivedReport:
             out.append(f"{self.duplicates} entries are in the derived stream more than once")
         if self.pending:
             out.append(
-                f"the derived stream is behind: {self.pending} entries still wait in the outbox"
+                f"the derived stream is behind: {self.pending} entries are not published yet"
                 " (the ledger service's relay publishes them: is it running?)"
             )
         return out
@@ -126,10 +126,10 @@ async def published_keys(store: EventStore, position: int) -> tuple[array.array[
 def compare(
     report: DerivedReport,
     table_keys: Iterable[int],
-    queued: set[int],
+    relayed: int,
     published: array.array[int],
 ) -> None:
-    """Fill ``report`` from sorted table keys, the outbox's keys and sorted published keys."""
+    """Fill ``report`` from sorted table keys, the relay's position and sorted published keys."""
     report.published = len(published)
     i = 0
     n = len(published)
@@ -140,26 +140,24 @@ def compare(
             i += 1
         if i < n and published[i] == key:
             i += 1
-        elif key in queued:
+        elif key > relayed:
             report.pending += 1
         else:
             report.missing.append(key)
     report.unexpected += n - i
 
 
-async def outbox_keys(conn: psycopg.AsyncConnection[Any], stream: str) -> set[int]:
-    """Keys of the entries still queued in the outbox."""
-    cur = await conn.execute("SELECT entry_id FROM ledger_ops.outbox")
-    out = set()
-    prefix = f"{stream}:"
-    for (queued,) in await cur.fetchall():
-        if queued.startswith(prefix):
-            _, seq, leg = queued.rsplit(":", 2)
-            out.add(entry_key(int(seq), int(leg)))
-    return out
+async def relayed_key(conn: psycopg.AsyncConnection[Any], stream: str) -> int:
+    """The key of the last entry the relay recorded as published (-1 when none)."""
+    cur = await conn.execute(
+        "SELECT last_sequence, last_leg FROM ledger_ops.relay_position WHERE stream = %s",
+        (stream,),
+    )
+    row = await cur.fetchone()
+    return -1 if row is None else entry_key(int(row[0]), int(row[1]))
 
 
-_ENTRY_COLUMNS: Final = (
+EVENT_COLUMNS: Final = (
     "stream_sequence, leg_index, transaction_id, card_id, account_id, amount, currency,"
     " balance_after, event_type, effective_at"
 )
@@ -171,7 +169,7 @@ async def repair_derived(conninfo: str, store: EventStore, position: int) -> int
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         async with conn.transaction():
-            queued = await outbox_keys(conn, stream)
+            relayed = await relayed_key(conn, stream)
             cur = await conn.execute(
                 sql.SQL(
                     "SELECT stream_sequence, leg_index FROM {} WHERE stream = %s"
@@ -182,7 +180,7 @@ async def repair_derived(conninfo: str, store: EventStore, position: int) -> int
             keys = [entry_key(int(s), int(leg)) for s, leg in await cur.fetchall()]
         published, _ = await published_keys(store, position)
         report = DerivedReport(position)
-        compare(report, keys, queued, published)
+        compare(report, keys, relayed, published)
         for start in range(0, len(report.missing), 500):
             chunk = report.missing[start : start + 500]
             cur = await conn.execute(
@@ -190,7 +188,7 @@ async def repair_derived(conninfo: str, store: EventStore, position: int) -> int
                     "SELECT {} FROM {} WHERE stream = %s AND (stream_sequence, leg_index) IN"
                     " (SELECT * FROM unnest(%s::bigint[], %s::smallint[]))"
                     " ORDER BY stream_sequence, leg_index"
-                ).format(sql.SQL(_ENTRY_COLUMNS), table(LIVE_SCHEMA, "entries")),
+                ).format(sql.SQL(EVENT_COLUMNS), table(LIVE_SCHEMA, "entries")),
                 (stream, [split_key(k)[0] for k in chunk], [split_key(k)[1] for k in chunk]),
             )
             messages = [_outgoing(store, entry_event(stream, row)) for row in await cur.fetchall()]
@@ -201,7 +199,7 @@ async def repair_derived(conninfo: str, store: EventStore, position: int) -> int
 
 
 def entry_event(stream: str, row: tuple[Any, ...]) -> LedgerEntryCreated:
-    """The ``ledger.entry_created`` event of an entries row (columns as ``_ENTRY_COLUMNS``)."""
+    """The ``ledger.entry_created`` event of an entries row (columns as ``EVENT_COLUMNS``)."""
     seq, leg, txid, card, account, amount, currency, after, tag, at = row
     return LedgerEntryCreated(
         entry_id=entry_id(stream, seq, leg),

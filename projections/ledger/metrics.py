@@ -20,11 +20,11 @@ class LedgerMetrics:
         )
         self.entries_published = Counter(
             "jetledger_ledger_entries_published_total",
-            "ledger.entry_created events published by the outbox relay.",
+            "ledger.entry_created events published by the relay.",
             registry=r,
         )
-        self.outbox_backlog = Gauge(
-            "jetledger_ledger_outbox_backlog_entries",
-            "Outbox rows read by the relay's last poll (0 when drained).",
+        self.relay_backlog = Gauge(
+            "jetledger_ledger_relay_backlog_entries",
+            "Entries read by the relay's last round, not yet published (0 when caught up).",
             registry=r,
         )

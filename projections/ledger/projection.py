@@ -1,10 +1,10 @@
 """The ledger projection as the runner drives it: ``card.>`` of the source stream → Postgres.
 
 ``apply`` decodes a batch, loads the balances it touches, runs the pure core (``rows.Projection``)
-and writes entries, transactions, card changes, balances and outbox rows with COPY, inside the
-runner's transaction (which also holds the tracking row). An undecodable event, or one breaking a
-ledger invariant, is a ``Poison`` naming its message. While leading, the outbox relay publishes the
-committed ``ledger.entry_created`` events to the derived stream; a commit wakes it.
+and writes entries, transactions, card changes and balances with COPY, inside the runner's
+transaction (which also holds the tracking row). An undecodable event, or one breaking a ledger
+invariant, is a ``Poison`` naming its message. While leading, the relay publishes the committed
+entries to the derived stream as ``ledger.entry_created`` (``relay``); a commit wakes it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contracts.subjects import StreamNames
 from eventstore import EventStore, StoredMessage
 from projections.ledger import store
 from projections.ledger.metrics import LedgerMetrics
-from projections.ledger.outbox import OutboxRelay
+from projections.ledger.relay import EntryRelay
 from projections.ledger.rows import InvalidEvent, Projection, accounts_touched
 from projections.ledger.schema import LIVE_SCHEMA, OPS_SCHEMA, PROJECTION_NAME
 from projections.model import Conn, Poison, Source
@@ -31,11 +31,10 @@ class Applied:
 
     events: int
     entries: int
-    outbox: int
 
 
 class LedgerProjection:
-    """Applies card events to the ``ledger`` schema; relays the outbox while leading."""
+    """Applies card events to the ``ledger`` schema; relays the entries while leading."""
 
     name = PROJECTION_NAME
     schema = LIVE_SCHEMA
@@ -74,7 +73,7 @@ class LedgerProjection:
         for _, event in events:
             accounts |= accounts_touched(event)
         book = await store.load_balances(conn, LIVE_SCHEMA, accounts)
-        projection = Projection(book, emit_outbox=self._relay)
+        projection = Projection(book)
         for message, event in events:
             try:
                 projection.apply(event, stream, message.sequence)
@@ -83,20 +82,19 @@ class LedgerProjection:
         rows = projection.rows
         await store.write_rows(conn, LIVE_SCHEMA, rows)
         await store.upsert_balances(conn, LIVE_SCHEMA, book.touched.values())
-        await store.write_outbox(conn, self._streams.subjects, rows.outbox)
-        return Applied(len(events), len(rows.entries), len(rows.outbox))
+        return Applied(len(events), len(rows.entries))
 
     def committed(self, stream: str, result: object) -> None:
-        """Count the entries and wake the relay: the outbox rows are visible now."""
+        """Count the entries and wake the relay: the new entries are visible now."""
         if isinstance(result, Applied):
             self._metrics.entries_written.inc(result.entries)
-            if result.outbox:
+            if result.entries:
                 self._relay_wake.set()
 
     async def while_leading(self, stop: asyncio.Event) -> None:
-        """Relay the outbox to the derived stream until ``stop``."""
+        """Relay the entries to the derived stream until ``stop``."""
         if not self._relay:
             await stop.wait()
             return
-        relay = OutboxRelay(self._conninfo, self._store, self._metrics, self._relay_wake)
+        relay = EntryRelay(self._conninfo, self._store, self._metrics, self._relay_wake)
         await relay.run(stop)

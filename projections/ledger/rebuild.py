@@ -3,8 +3,8 @@ swap it in atomically while the service keeps serving.
 
 1. Create ``ledger_rebuild_<token>`` with the current DDL (no secondary indexes yet).
 2. Replay the stream's card events with the event store's ordered reader (whole stream, filtered
-   here), projecting with the same pure core as the live projection (``rows.Projection``, outbox
-   off: a rebuild never re-emits), COPYing rows in chunks. Memory holds one chunk plus one balance
+   here), projecting with the same pure core as the live projection (``rows.Projection``),
+   COPYing rows in chunks. A rebuild publishes nothing: the relay publishes entries by key. Memory holds one chunk plus one balance
    per account, however long the stream is.
 3. Build indexes, ANALYZE, catch up with the live projector's position.
 4. Swap in one short transaction: ``LOCK ledger.tracking IN EXCLUSIVE MODE`` (the live projector's
@@ -28,7 +28,6 @@ from contracts.codec import decode_event
 from eventstore import EventStore, ReadBatch, StoredMessage
 from projections import tracking
 from projections.ledger import store
-from projections.ledger.derived import entry_event
 from projections.ledger.rows import BalanceBook, Projection
 from projections.ledger.schema import (
     LIVE_SCHEMA,
@@ -85,9 +84,8 @@ class Rebuild:
         self._chunk = chunk
         self._on_progress = on_progress or (lambda _: None)
         self.shadow = f"ledger_rebuild_{uuid.uuid4().hex[:10]}"
-        self.queued = 0  # entries queued for the derived stream that the live projection skips
         self._book = BalanceBook()
-        self._projection = Projection(self._book, emit_outbox=False)
+        self._projection = Projection(self._book)
         self._events = 0
         self._position = 0  # the last card event applied (what the tracking row records)
         self._covered = 0  # the last stream sequence read, card event or not
@@ -206,10 +204,9 @@ class Rebuild:
                     self._covered = got.last_sequence
                 await store.write_rows(conn, self.shadow, self._projection.rows)
                 self._projection.rows.clear()
-            # Never move the projection backwards: a lagging live projector skips what we hold,
-            # so the entries it will skip are ours to queue for the derived stream (once).
+            # Never move the projection backwards: a lagging live projection skips what we hold.
+            # The relay publishes entries by key from the table, whoever wrote them.
             self._position = max(self._position, live)
-            self.queued = await self._take_over_outbox(conn, live)
             await self._write_final(conn, self._position)
             retired = f"ledger_retired_{self.shadow.rsplit('_', 1)[1]}"
             await conn.execute(
@@ -224,30 +221,6 @@ class Rebuild:
             )
             await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(retired)))
         self._report("done", self._position)
-
-    async def _take_over_outbox(self, conn: Conn, live: int) -> int:
-        """Queue ``ledger.entry_created`` for the shadow's entries after the live position.
-
-        The live projection has queued every entry up to its position; after the swap it skips
-        everything up to ours, so the entries in between would never be published otherwise.
-        """
-        stream = self._streams.source
-        queued = 0
-        async with conn.cursor(name="rebuild_take_over") as cur:
-            await cur.execute(
-                sql.SQL(
-                    "SELECT stream_sequence, leg_index, transaction_id, card_id, account_id, amount,"
-                    " currency, balance_after, event_type, effective_at FROM {}"
-                    " WHERE stream = %s AND stream_sequence > %s"
-                    " ORDER BY stream_sequence, leg_index"
-                ).format(table(self.shadow, "entries")),
-                (stream, live),
-            )
-            while rows := await cur.fetchmany(5_000):
-                entries = [entry_event(stream, row) for row in rows]
-                await store.write_outbox(conn, self._streams.subjects, entries)
-                queued += len(entries)
-        return queued
 
     async def _live_position(self, conn: Conn) -> int:
         async with conn.transaction():

@@ -1,7 +1,7 @@
 """The sans-I/O core of the ledger projector: one event in, the rows it produces out.
 
 ``Projection.apply`` turns a decoded source event at a stream position into journal entries (one
-per leg), a transaction row, card hold/limit changes, outbox events, and new balance values. It
+per leg), a transaction row, card hold/limit changes, and new balance values. It
 reads and updates balances through a ``BalanceBook`` that the caller fills: the live projector
 loads the touched accounts from Postgres per batch, a rebuild keeps every account in memory.
 No I/O here, so the live and rebuild paths share exactly the same arithmetic.
@@ -22,7 +22,6 @@ from contracts.events import (
     CardFunded,
     CardIssued,
     CardLimitChanged,
-    LedgerEntryCreated,
     Leg,
     SourceEvent,
     TransactionAuthorized,
@@ -144,14 +143,12 @@ class Rows:
     entries: list[EntryRow] = field(default_factory=list)
     transactions: list[TransactionRow] = field(default_factory=list)
     card_changes: list[CardChangeRow] = field(default_factory=list)
-    outbox: list[LedgerEntryCreated] = field(default_factory=list)
 
     def clear(self) -> None:
         """Forget the rows (after they were written)."""
         self.entries.clear()
         self.transactions.clear()
         self.card_changes.clear()
-        self.outbox.clear()
 
 
 def _check_legs(legs: tuple[Leg, ...], tag: str, stream: str, sequence: int) -> None:
@@ -214,7 +211,6 @@ class Projection:
 
     book: BalanceBook
     rows: Rows = field(default_factory=Rows)
-    emit_outbox: bool = True  # False in a rebuild: it never re-emits ledger.entry_created
 
     def apply(self, event: SourceEvent, stream: str, sequence: int) -> None:
         """Project one event stored at ``(stream, sequence)``."""
@@ -358,22 +354,6 @@ class Projection:
                     at,
                 )
             )
-            if self.emit_outbox:
-                self.rows.outbox.append(
-                    LedgerEntryCreated(
-                        entry_id=entry_id(stream, sequence, index),
-                        transaction_id=transaction_id,
-                        card_id=card_id,
-                        account_id=leg.account_id,
-                        amount=leg.amount,
-                        currency=leg.currency,
-                        balance_after=bal.posted,
-                        event_type=tag,
-                        effective_at=at,
-                        stream=stream,
-                        stream_sequence=sequence,
-                    )
-                )
 
 
 def accounts_touched(event: SourceEvent) -> set[str]:

@@ -1,8 +1,8 @@
 """The ledger projection's SQL: table DDL per schema, identifiers, and the versioned migrations.
 
 The projection lives in one Postgres schema (``ledger``) so a rebuild can build a shadow schema with
-the *current* DDL and swap it in by renaming schemas. Operational state (the outbox, the projector
-lease, the migration log) lives in ``ledger_ops``, which a rebuild never touches.
+the *current* DDL and swap it in by renaming schemas. Operational state (the relay's position, the
+projection's lease, the migration log) lives in ``ledger_ops``, which a rebuild never touches.
 """
 
 from __future__ import annotations
@@ -92,6 +92,20 @@ def migrations() -> list[Migration]:
                     ADD CHECK (available = trunc(available));
             END IF;
             END $$;
+            """,
+        ),
+        Migration(
+            3,
+            "the entries table is the outbox: the relay keeps its position",
+            """
+            CREATE TABLE ledger_ops.relay_position (
+                stream              text PRIMARY KEY,
+                last_sequence       bigint NOT NULL,
+                last_leg            smallint NOT NULL,
+                derived_sequence    bigint NOT NULL,
+                updated_at          timestamptz NOT NULL DEFAULT now()
+            );
+            DROP TABLE IF EXISTS ledger_ops.outbox;
             """,
         ),
     ]

@@ -15,9 +15,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from contracts.codec import encode
-from contracts.events import LedgerEntryCreated
-from contracts.subjects import Subjects
 from projections.ledger.rows import (
     Balance,
     BalanceBook,
@@ -361,23 +358,3 @@ async def load_balances(conn: Conn, schema: str, account_ids: Iterable[str]) -> 
                     stream, seq, at)
         )  # fmt: skip
     return book
-
-
-async def write_outbox(
-    conn: Conn, subjects: Subjects, entries: Sequence[LedgerEntryCreated]
-) -> None:
-    """Queue ``ledger.entry_created`` events for the relay, in the batch's transaction."""
-    if not entries:
-        return
-    await copy_rows(
-        conn,
-        "ledger_ops",
-        "outbox",
-        ("entry_id", "subject", "payload"),
-        ((e.entry_id, subjects.entry_created(e.account_id), encode(e)) for e in entries),
-        _outbox_line,
-    )
-
-
-def _outbox_line(r: tuple[str, str, bytes]) -> str:
-    return f"{_e(r[0])}\t{_e(r[1])}\t\\\\x{r[2].hex()}\n"

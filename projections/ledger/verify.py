@@ -1,7 +1,8 @@
 """``jetledger verify`` for the ledger: the tables, the stream and the derived stream agree.
 
 1. **Caught up.** The last card event in the stream when verify starts is the *head*; verify waits
-   (bounded) until the projection's tracking row reached it and the outbox drained. A projection
+   (bounded) until the projection's tracking row reached it and the relay published every entry.
+   A projection
    still behind afterwards is a failure: a table that is right "up to its own position" proves
    nothing about events it never applied.
 2. **Rows.** One REPEATABLE READ snapshot of the tables (position, balances, every entry through a
@@ -9,7 +10,7 @@
    position: per account and currency, posted, pending, available, entry count and a checksum
    over the entries in stream order. Σ posted per currency must be 0 on both sides.
 3. **Derived stream.** Every entry of the snapshot must be in the derived stream exactly once
-   (or still queued in the outbox), and nothing else (``projections.ledger.derived``).
+   and nothing else (``projections.ledger.derived``).
 
 Memory grows with the number of accounts and entries (8 bytes per entry), never with payloads.
 """
@@ -33,8 +34,8 @@ from projections import tracking
 from projections.ledger.derived import (
     DerivedReport,
     entry_key,
-    outbox_keys,
     published_keys,
+    relayed_key,
 )
 from projections.ledger.derived import (
     compare as compare_derived,
@@ -68,7 +69,7 @@ class TableSnapshot:
     position: int = 0
     accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     entry_keys: array.array[int] = field(default_factory=lambda: array.array("q"))
-    queued: set[int] = field(default_factory=set)
+    relayed: int = -1  # the relay's position (entry key) in the same snapshot
 
 
 @dataclass
@@ -128,7 +129,7 @@ async def snapshot(conn: psycopg.AsyncConnection[Any], schema: str, stream: str)
     async with conn.transaction():
         await conn.execute("SET LOCAL TIME ZONE 'UTC'")
         snap.position = await tracking.position(conn, schema, stream)
-        snap.queued = await outbox_keys(conn, stream)
+        snap.relayed = await relayed_key(conn, stream)
         cur = await conn.execute(
             sql.SQL("SELECT account_id, currency, posted, pending, available FROM {}").format(
                 table(schema, "balances")
@@ -207,7 +208,7 @@ async def stream_head(store: EventStore) -> int:
 async def wait_caught_up(
     conninfo: str, schema: str, stream: str, head: int, seconds: float
 ) -> None:
-    """Wait (bounded) until the tracking row reached ``head`` and the outbox is empty.
+    """Wait (bounded) until the tracking row reached ``head`` and the relay published it all.
 
     Gives up early when nothing moved for ``STALL_SECONDS``: a stopped projection will not catch up.
     """
@@ -217,9 +218,16 @@ async def wait_caught_up(
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         while True:
             position = await tracking.position(conn, schema, stream)
-            cur = await conn.execute("SELECT count(*) FROM ledger_ops.outbox")
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT stream_sequence, leg_index FROM {} WHERE stream = %s"
+                    " ORDER BY stream_sequence DESC, leg_index DESC LIMIT 1"
+                ).format(table(schema, "entries")),
+                (stream,),
+            )
             row = await cur.fetchone()
-            queued = int(row[0]) if row else 0
+            last = -1 if row is None else entry_key(int(row[0]), int(row[1]))
+            queued = max(0, last - await relayed_key(conn, stream))
             now = time.monotonic()
             if position >= head and not queued:
                 return
@@ -266,5 +274,5 @@ async def verify(
             on_progress("reading the derived stream", 0, len(snap.entry_keys))
         published, duplicates = await published_keys(store, snap.position)
         report.derived = DerivedReport(snap.position, duplicates=duplicates)
-        compare_derived(report.derived, snap.entry_keys, snap.queued, published)
+        compare_derived(report.derived, snap.entry_keys, snap.relayed, published)
     return report

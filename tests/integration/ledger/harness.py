@@ -45,16 +45,20 @@ async def wait_for_position(url: str, stream: str, target: int, within: float = 
 
 
 async def wait_outbox_empty(url: str, within: float = 20.0) -> None:
-    """Wait until the relay has published every outbox row."""
+    """Wait until the relay has published every entry (its position reached the table's end)."""
     deadline = time.monotonic() + within
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while True:
-            cur = await conn.execute("SELECT count(*) FROM ledger_ops.outbox")
+            cur = await conn.execute(
+                "SELECT (SELECT max((stream_sequence, leg_index)) FROM ledger.entries)"
+                " <= (SELECT max((last_sequence, last_leg)) FROM ledger_ops.relay_position)"
+                " OR NOT EXISTS (SELECT 1 FROM ledger.entries)"
+            )
             row = await cur.fetchone()
-            if row is not None and row[0] == 0:
+            if row is not None and row[0]:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"outbox still holds {row}")
+                raise TimeoutError("the relay has not published every entry")
             await asyncio.sleep(0.05)
 
 

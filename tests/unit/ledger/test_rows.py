@@ -28,18 +28,13 @@ def test_projection_and_fold_agree_on_every_account() -> None:
             folded.available,
         )
     assert all(total == 0 for total in fold.totals().values())
-    assert len(projection.rows.outbox) == len(projection.rows.entries)
-    assert {e.entry_id for e in projection.rows.outbox} == {
-        f"S:{r[1]}:{r[2]}" for r in projection.rows.entries
-    }
-
-
-def test_rebuild_mode_emits_no_outbox_events() -> None:
-    projection = Projection(BalanceBook(), emit_outbox=False)
-    for seq, event in enumerate(busy_history(cards=1, rounds=2).events, start=1):
-        projection.apply(event, "S", seq)
-    assert projection.rows.entries
-    assert projection.rows.outbox == []
+    # one entry per leg, keyed by (sequence, leg), each carrying its account's running balance
+    legs = [
+        (seq, i)
+        for seq, e in enumerate(history.events, 1)
+        for i, _ in enumerate(getattr(e, "legs", ()))
+    ]
+    assert [(r[1], r[2]) for r in projection.rows.entries] == legs
 
 
 def test_unbalanced_legs_are_poison() -> None:

@@ -62,7 +62,10 @@ def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> LedgerError:
     kind = ERROR_FOR.get(code, LedgerError)
     if kind is Declined:
         reason = _reason(exc) or "declined"
-        return Declined(reason, details or "")
+        # The status message is the server's str(Declined), "reason: detail"; the reason comes
+        # from the trailer, so keep only the detail or the reason would be said twice.
+        detail = "" if details == reason else (details or "").removeprefix(f"{reason}: ")
+        return Declined(reason, detail)
     return kind(details or code.name)
 
 

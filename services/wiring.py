@@ -1,4 +1,8 @@
-"""Adapters every service builds the same way from ``Settings`` (used by the composition roots)."""
+"""Adapters built the same way everywhere from ``Settings``.
+
+``connect_store`` is the services' (reconnects for ever once connected); ``connect_client`` is the
+short-lived commands' (the CLI, the dev supervisor: fails fast, in one line).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Final
 
 import nats
 from nats.aio.client import Client as NATS
@@ -70,3 +75,51 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
             store, max_batch=settings.writer_max_batch, max_inflight=settings.writer_max_inflight
         )
     return built
+
+
+CLIENT_CONNECT_SECONDS: Final = 3.0  # a command facing an unreachable NATS gives up after this
+
+
+async def connect_client(settings: Settings, name: str) -> NATS:
+    """Connect a short-lived client (a CLI command, the dev supervisor): fail fast, never retry.
+
+    A command whose NATS is down must say so in one line within seconds. nats-py's defaults would
+    retry for about two minutes and print a traceback for every attempt, and even with
+    ``allow_reconnect=False`` its first connect loops until ``max_reconnect_attempts`` is spent:
+    so one retry at most, no wait between, a deadline on the whole, errors kept, not printed.
+    Once connected, a lost connection ends the command (``ConnectionClosedError``) instead of
+    hanging in a reconnect loop.
+    """
+    if not settings.nats_url:
+        raise InvalidArgument("set JETLEDGER_NATS_URL (or start `jetledger dev` first)")
+    seen: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        seen.append(exc)
+
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                settings.nats_url,
+                name=name,
+                connect_timeout=int(CLIENT_CONNECT_SECONDS),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                error_cb=remember,
+            ),
+            timeout=CLIENT_CONNECT_SECONDS + 1,
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        cause = seen[-1] if seen else exc
+        raise Unavailable(
+            f"cannot connect to NATS at {settings.nats_url}: {_connect_reason(cause)}"
+        ) from exc
+
+
+def _connect_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CLIENT_CONNECT_SECONDS:.0f}s"
+    return str(exc) or type(exc).__name__

@@ -21,8 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
-import nats
-
 from contracts.errors import Unavailable
 from eventstore import EventStore
 from services.dev.logs import tail
@@ -31,6 +29,7 @@ from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe
 from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
 from services.settings import ENV_PREFIX, Settings
+from services.wiring import connect_client
 
 Notify = Callable[[str, str], None]  # (level, message)
 
@@ -268,22 +267,12 @@ class DevSystem:
             self._locked = False
 
 
-async def _quiet(exc: Exception) -> None:
-    del exc
-
-
 async def _provision(settings: Settings) -> None:
     """Create or update the streams (idempotent), failing fast when NATS cannot be reached."""
     try:
-        nc = await nats.connect(
-            settings.nats_url,
-            name="jetledger-dev",
-            connect_timeout=5,
-            allow_reconnect=False,
-            error_cb=_quiet,  # the failure is raised below; nats-py would also print a traceback
-        )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise StartFailed(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+        nc = await connect_client(settings, "jetledger-dev")
+    except Unavailable as exc:
+        raise StartFailed(str(exc)) from exc
     try:
         await EventStore(nc, settings.streams).ensure_streams(
             replicas=settings.stream_replicas,

@@ -1,9 +1,9 @@
 """``DevSystem``: NATS, Postgres and the four services on one machine, supervised, stopped cleanly.
 
 Start order: lock the data directory, stop leftovers of a crashed run, check every service port
-(fail before starting anything), start NATS and Postgres (or use the configured URLs), provision
-the streams (idempotent; the services would too, but the projectors must not race the writers for
-it), then start the four services at once and wait until each reports SERVING over gRPC health.
+(fail before starting anything), start NATS and Postgres (or use the configured URLs, failing
+fast when they cannot be reached), provision the streams (idempotent; the services would too, but
+the projectors must not race the writers for it), then start the four services at once and wait until each reports SERVING over gRPC health.
 Stop order: the services (SIGTERM, grace, then SIGKILL), then NATS and Postgres. Every process is
 a direct child whose pid we hold; nothing is ever signalled by name.
 """
@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Self
+
+import psycopg
 
 from contracts.errors import Unavailable
 from eventstore import EventStore
@@ -89,6 +91,8 @@ class DevSystem:
             check_free(self.settings.host, all_ports(self.settings))
             self._start_servers()
             asyncio.run(_provision(self.settings))
+            if self.postgres is None:
+                _check_postgres(self.settings.database_url)
             env = child_env(self.settings)
             for name in SERVICES:
                 port = getattr(self.settings, f"{name}_port")
@@ -169,9 +173,10 @@ class DevSystem:
             Child(name, pid, cmdline_of(pid) or [], stop_signal=sig)
             for name, pid, sig in self._processes()
         ]
-        self.data.write_state(
-            DevState(pid=os.getpid(), started_at=time.time(), children=children), self.settings
+        state = DevState(
+            pid=os.getpid(), started_at=time.time(), children=children, endpoints=self.endpoints()
         )
+        self.data.write_state(state, self.settings)
 
     def _processes(self) -> list[tuple[str, int, int]]:
         found = [(s.name, s.pid, int(signal.SIGTERM)) for s in self.services.values() if s.pid]
@@ -237,6 +242,22 @@ class DevSystem:
 
     # -- inspect and stop -------------------------------------------------------------------------
 
+    def endpoints(self) -> dict[str, str]:
+        """Where everything listens, by name: ``card`` (gRPC), ``card_metrics``, …, ``nats``,
+        ``nats_monitor`` (only for a NATS we started) and ``postgres``; dev.json records them."""
+        s = self.settings
+        found: dict[str, str] = {}
+        for name in SERVICES:
+            found[name] = f"{s.host}:{getattr(s, f'{name}_port')}"
+            found[f"{name}_metrics"] = (
+                f"http://{s.host}:{getattr(s, f'{name}_metrics_port')}/metrics"
+            )
+        found["nats"] = s.nats_url
+        if self.nats is not None:
+            found["nats_monitor"] = self.nats.monitor_url
+        found["postgres"] = s.database_url
+        return found
+
     def pids(self) -> dict[str, int]:
         """The pid of every process the system runs, by name."""
         return {name: pid for name, pid, _ in self._processes()}
@@ -265,6 +286,19 @@ class DevSystem:
             self.data.clear_state()
             self.data.unlock()
             self._locked = False
+
+
+def _check_postgres(url: str) -> None:
+    """Fail in one line, within seconds, when a Postgres we did not start cannot be reached
+    (the services would otherwise crash-loop on it until the start-up deadline)."""
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StartFailed(
+            f"cannot connect to Postgres: {reason.removeprefix('connection failed: ')}"
+        ) from exc
 
 
 async def _provision(settings: Settings) -> None:

@@ -7,6 +7,7 @@ short-lived commands' (the CLI, the dev supervisor: fails fast, in one line).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -77,7 +78,7 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     return built
 
 
-CLIENT_CONNECT_SECONDS: Final = 3.0  # a command facing an unreachable NATS gives up after this
+CLIENT_CONNECT_SECONDS: Final = 2.0  # a command facing an unreachable NATS gives up after this
 
 
 async def connect_client(settings: Settings, name: str) -> NATS:
@@ -97,9 +98,10 @@ async def connect_client(settings: Settings, name: str) -> NATS:
     async def remember(exc: Exception) -> None:
         seen.append(exc)
 
+    client = NATS()
     try:
-        return await asyncio.wait_for(
-            nats.connect(
+        await asyncio.wait_for(
+            client.connect(
                 settings.nats_url,
                 name=name,
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
@@ -111,10 +113,14 @@ async def connect_client(settings: Settings, name: str) -> NATS:
             timeout=CLIENT_CONNECT_SECONDS + 1,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
+        # A failed first connect leaves its socket open (nats-py closes it only in close()).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout=1)
         cause = seen[-1] if seen else exc
         raise Unavailable(
             f"cannot connect to NATS at {settings.nats_url}: {_connect_reason(cause)}"
         ) from exc
+    return client
 
 
 def _connect_reason(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ AREAS: Final = (
 )
 # libpq's (and so psycopg's) default for a connection that gets no answer is 130 s; a command
 # facing a stopped Postgres must give up within seconds. An explicit PGCONNECT_TIMEOUT wins.
-POSTGRES_CONNECT_TIMEOUT_SECONDS: Final = "3"
+POSTGRES_CONNECT_TIMEOUT_SECONDS: Final = "2"  # libpq: at least 2
 
 
 class _Area(Protocol):

@@ -292,7 +292,7 @@ def _check_postgres(url: str) -> None:
     """Fail in one line, within seconds, when a Postgres we did not start cannot be reached
     (the services would otherwise crash-loop on it until the start-up deadline)."""
     try:
-        with psycopg.connect(url, connect_timeout=3):
+        with psycopg.connect(url, connect_timeout=2):
             pass
     except psycopg.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

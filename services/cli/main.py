@@ -9,9 +9,10 @@ the user here, in one place, as one line on stderr and an exit status (``service
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import Final, Protocol
 
@@ -78,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _environment_default(name: str, value: str) -> Iterator[None]:
+    """Set ``name`` for the block unless the user has; put things back after (``main`` may run
+    inside another program, such as the test suite)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit status."""
     parser = build_parser()
@@ -89,11 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    os.environ.setdefault("PGCONNECT_TIMEOUT", POSTGRES_CONNECT_TIMEOUT_SECONDS)
     try:
         # Commands that need NATS/Postgres find a running `jetledger dev` when no URL is set.
         settings = running_settings(Settings.from_env())
-        status: int = handler(args, settings)
+        with _environment_default("PGCONNECT_TIMEOUT", POSTGRES_CONNECT_TIMEOUT_SECONDS):
+            status: int = handler(args, settings)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -272,9 +272,11 @@ def test_a_stopped_postgres(
     monkeypatch.setenv(f"{ENV_PREFIX}NATS_URL", nats_url)
     monkeypatch.setenv(f"{ENV_PREFIX}DATABASE_URL", frozen_postgres.url)
     assert frozen_postgres.pid is not None
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
     with stopped(frozen_postgres.pid):
         line = unavailable(capsys, argv)
     assert "cannot reach Postgres: connection timeout expired" in line
+    assert "PGCONNECT_TIMEOUT" not in os.environ  # the CLI's default does not outlive the command
 
 
 # -- the dev system and the demo ---------------------------------------------------------------

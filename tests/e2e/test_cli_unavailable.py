@@ -50,6 +50,9 @@ GRPC_COMMANDS = [
     ["notifications"],
     ["notifications", "prefs"],
     ["notifications", "deliveries"],
+    ["notifications", "watch"],
+    ["notifications", "--watch"],
+    ["notifications", "webhook", "--endpoint", "e1", "--url", "http://127.0.0.1:1/hook"],
 ]
 SERVICE_OF = {"card": "card", "tx": "transaction", "balance": "ledger", "entries": "ledger"}
 NATS_COMMANDS = [

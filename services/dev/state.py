@@ -50,7 +50,7 @@ CLIENT_SETTINGS = (
     "derived_stream",
     "subject_prefix",
 )
-# Endpoints that are no setting but that tools want as variables: the NATS monitor (its /varz
+# Endpoints that are not settings but that tools want as variables: the NATS monitor (its /varz
 # proves `sync_interval: always`; tests/integration/test_varz.py reads this variable).
 ENDPOINT_VARIABLES = {"nats_monitor": "NATS_MONITOR_URL"}
 

@@ -3,7 +3,8 @@
 Start order: lock the data directory, stop leftovers of a crashed run, check every service port
 (fail before starting anything), start NATS and Postgres (or use the configured URLs, failing
 fast when they cannot be reached), provision the streams (idempotent; the services would too, but
-the projectors must not race the writers for it), then start the four services at once and wait until each reports SERVING over gRPC health.
+the projectors must not race the writers for it), then start the four services at once and wait
+until each reports SERVING over gRPC health.
 Stop order: the services (SIGTERM, grace, then SIGKILL), then NATS and Postgres. Every process is
 a direct child whose pid we hold; nothing is ever signalled by name.
 """

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
@@ -110,14 +111,20 @@ async def start_grpc(
     metrics_port: int | None = None,
     registry: CollectorRegistry | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    security: ServerSecurity | None = None,
 ) -> Runtime:
-    """Start an asyncio gRPC server hosting ``services`` plus health and reflection."""
+    """Start an asyncio gRPC server hosting ``services`` plus health and reflection.
+
+    With ``security`` the server listens with TLS only and every call passes its access
+    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
+    """
     server = grpc.aio.server(
+        interceptors=security.interceptors if security is not None else None,
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
             *options,
-        ]
+        ],
     )
     services = list(services)
     for svc in services:
@@ -133,7 +140,12 @@ async def start_grpc(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if security is None:
+        log.warning("security is off: plaintext gRPC, no authentication", extra={"port": port})
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, security.credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import grpc
 
@@ -29,6 +29,7 @@ NO_CREDENTIAL: Final = "a bearer token is required (metadata 'authorization: Bea
 UNKNOWN_CREDENTIAL: Final = "the bearer token is not valid"
 
 Refusal = tuple[grpc.StatusCode, str]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 
 
 def refusal(
@@ -54,9 +55,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler  # unknown method: gRPC answers UNIMPLEMENTED
@@ -86,12 +87,12 @@ async def _refuse_or_bind(
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler,
+    handler: Handler,
     method: str,
     rule: Rule | None,
     identity: Identity | None,
     presented: bool,
-) -> grpc.RpcMethodHandler:
+) -> Handler:
     """A handler like ``handler`` whose behaviour first refuses or binds the caller."""
     args = (method, rule, identity, presented)
     if handler.unary_unary is not None:
@@ -132,7 +133,8 @@ def _unary(
         scoped = request if per_request else None
         token = await _refuse_or_bind(context, method, rule, identity, presented, scoped)
         try:
-            return await behavior(request, context)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
         finally:
             unbind(token)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from contracts.events import CardFunded
 from contracts.subjects import StreamNames
 from eventstore import EventStore, Expectation, OutgoingMessage, WrongLastSequence
 from eventstore import headers as h
@@ -21,7 +21,7 @@ async def test_sealed_appends_check_and_raw_publishes_do_not(
     store: EventStore, nats_conn: NATS, streams: StreamNames
 ) -> None:
     subjects = streams.subjects
-    funded = subjects.card_event("alice", _Funded)
+    funded = subjects.card_event("alice", CardFunded)
     family = subjects.card_family("alice")
     # The intake's way: sealed, with compare-and-set, alone and in an atomic batch.
     await store.append(
@@ -67,14 +67,10 @@ async def test_a_verbatim_replay_of_a_sealed_event_is_refused_by_the_server(
     event = seal(
         RING,
         OutgoingMessage(
-            subjects.card_event("bob", _Funded), b'{"amount":7}', expect=Expectation(family, 0)
+            subjects.card_event("bob", CardFunded), b'{"amount":7}', expect=Expectation(family, 0)
         ),
     )
     await store.append(event)
     with pytest.raises(WrongLastSequence):
         await store.append(event)  # the same bytes and headers: its expectation is stale now
     assert len((await store.load(family)).messages) == 1
-
-
-class _Funded(msgspec.Struct):
-    subject_suffix = "funded"

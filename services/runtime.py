@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from contracts.ids import mask_card_numbers
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
@@ -30,7 +31,11 @@ log = logging.getLogger("jetledger")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through."""
+    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through.
+
+    Every text value is passed through ``mask_card_numbers``: an id or a message that holds
+    something shaped like a card number never reaches a log whole (older events may carry one).
+    """
 
     _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
@@ -45,7 +50,8 @@ class JsonFormatter(logging.Formatter):
         payload.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        masked = {k: mask_card_numbers(v) if isinstance(v, str) else v for k, v in payload.items()}
+        return json.dumps(masked, default=lambda value: mask_card_numbers(str(value)))
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from contracts.errors import InvalidArgument
+from eventstore.integrity import Keyring
 from services.security.interceptor import AuthInterceptor
 from services.security.natsauth import inbox_prefix
 from services.security.tls import (
@@ -25,6 +26,7 @@ from services.security.tls import (
     postgres_url,
 )
 from services.security.tokens import TokenAuthenticator, read_token
+from services.security.webhookpolicy import WebhookUrlPolicy
 from services.settings import ENV_PREFIX, Settings
 
 
@@ -110,3 +112,30 @@ def database_url(settings: Settings) -> str:
     if not settings.security or not settings.database_url:
         return settings.database_url
     return postgres_url(settings.database_url, _file(settings, "tls_ca_file"))
+
+
+def event_keyring(settings: Settings) -> Keyring | None:
+    """The MAC keyring of events, or ``None`` when security is off."""
+    if not settings.security:
+        return None
+    return _keyring(settings, "event_keys_file")
+
+
+def secret_keyring(settings: Settings) -> Keyring | None:
+    """The keyring that seals webhook secrets, or ``None`` when security is off."""
+    if not settings.security:
+        return None
+    return _keyring(settings, "secret_keys_file")
+
+
+def _keyring(settings: Settings, name: str) -> Keyring:
+    path = _file(settings, name)
+    try:
+        return Keyring.from_json(path.read_text())
+    except ValueError as exc:
+        raise InvalidArgument(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
+
+
+def webhook_policy(settings: Settings) -> WebhookUrlPolicy:
+    """Where webhooks may go (internal networks only when allow-listed)."""
+    return WebhookUrlPolicy.from_setting(settings.webhook_allow_networks)

@@ -73,8 +73,8 @@ class Settings:
     # Test-only fault hook of the ledger projector (see projections/ledger/faults.py).
     ledger_fault: str = ""
     # Security (docs/security.md): TLS on every hop, bearer tokens with roles on every RPC, a NATS
-    # user per service, MACs on events. On by default; JETLEDGER_SECURITY=off is for debugging.
-    security: bool = True
+    # user per service, MACs on events. `jetledger dev` makes every credential it needs locally.
+    security: bool = False
     tls_ca_file: str = ""  # the CA that signs the servers' certificates (gRPC, NATS, Postgres)
     tls_cert_file: str = ""  # this service's gRPC server certificate (PEM)
     tls_key_file: str = ""  # its private key

@@ -6,12 +6,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
+from services.security.config import nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
@@ -33,37 +35,48 @@ class Store:
         await self.nc.drain()
 
 
-async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
-    """Connect to NATS, provision the streams (idempotent), and build the store (and writer)."""
+async def _report(exc: Exception) -> None:
+    log.warning("nats: %s", exc or type(exc).__name__)
+
+
+async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
+    """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
+    security is on); a failure is ``Unavailable`` with one line."""
     if not settings.nats_url:
         raise InvalidArgument(
             "JETLEDGER_NATS_URL is required (`jetledger dev` starts a local NATS)"
         )
-
-    async def report(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
-
+    options.setdefault("error_cb", _report)
     try:
-        # Reconnect forever once connected (a NATS restart must not kill the service), but give the
-        # first connection a deadline so a wrong URL is a clear error, not an endless retry.
-        nc = await asyncio.wait_for(
-            nats.connect(
-                settings.nats_url,
-                name=f"jetledger-{name}",
-                max_reconnect_attempts=-1,
-                connect_timeout=2,
-                error_cb=report,
-            ),
-            timeout=FIRST_CONNECT_DEADLINE,
+        return await nats.connect(
+            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {reason}") from exc
+
+
+async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
+    """Connect to NATS, provision the streams (idempotent), and build the store (and writer).
+
+    With security on, a service holds no stream-admin rights: the streams were provisioned by the
+    admin identity (``jetledger dev``, the provisioning job) before it started.
+    """
+    # Reconnect forever once connected (a NATS restart must not kill the service), but give the
+    # first connection a deadline so a wrong URL is a clear error, not an endless retry.
+    try:
+        nc = await asyncio.wait_for(
+            connect_nats(settings, name, max_reconnect_attempts=-1, connect_timeout=2),
+            timeout=FIRST_CONNECT_DEADLINE,
+        )
+    except TimeoutError as exc:
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
     store = EventStore(nc, settings.streams)
-    await store.ensure_streams(
-        replicas=settings.stream_replicas,
-        duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
-    )
+    if not settings.security:
+        await store.ensure_streams(
+            replicas=settings.stream_replicas,
+            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+        )
     built = Store(nc, store)
     if writer:
         built.writer = GroupCommitWriter(

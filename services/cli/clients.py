@@ -19,6 +19,7 @@ from jetledger.ledger.v1 import ledger_pb2_grpc
 from jetledger.notification.v1 import notification_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.grpc_errors import error_from_rpc
+from services.security.config import channel
 from services.settings import Settings
 
 DEFAULT_TIMEOUT: Final = 15.0  # seconds; a read-your-writes wait is bounded server-side by less
@@ -64,18 +65,21 @@ class Clients:
 
     def close(self) -> None:
         """Close every channel."""
-        for channel in self.channels:
-            channel.close()
+        for opened in self.channels:
+            opened.close()
 
 
 @contextlib.contextmanager
 def connect(settings: Settings) -> Iterator[Clients]:
-    """Open channels to the four services (lazily connected: nothing is dialled until used)."""
+    """Open channels to the four services (lazily connected: nothing is dialled until used).
+
+    With security on: TLS against ``JETLEDGER_TLS_CA_FILE``, the token of ``JETLEDGER_TOKEN_FILE``.
+    """
     host = settings.host
-    card = grpc.insecure_channel(settings.card_target)
-    transaction = grpc.insecure_channel(f"{host}:{settings.transaction_port}")
-    ledger = grpc.insecure_channel(f"{host}:{settings.ledger_port}")
-    notification = grpc.insecure_channel(f"{host}:{settings.notification_port}")
+    card = channel(settings, settings.card_target)
+    transaction = channel(settings, f"{host}:{settings.transaction_port}")
+    ledger = channel(settings, f"{host}:{settings.ledger_port}")
+    notification = channel(settings, f"{host}:{settings.notification_port}")
     clients = Clients(
         cards=card_pb2_grpc.CardServiceStub(card),
         transactions=transaction_pb2_grpc.TransactionServiceStub(transaction),

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import nats
 import psycopg
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +35,7 @@ from services.cli.scenario import ScenarioResult, check, run_scenario
 from services.dev import SERVICES, DevSystem, with_free_ports
 from services.notification.jetstream import StoredMessage, replay
 from services.settings import Settings
+from services.wiring import connect_nats
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -184,7 +184,7 @@ def _verify(out: Console, settings: Settings) -> list[str]:
 
 
 async def _folds(settings: Settings) -> tuple[VerifyReport, list[str]]:
-    nc = await nats.connect(settings.nats_url, name="jetledger-demo", connect_timeout=5)
+    nc = await connect_nats(settings, "demo", connect_timeout=5, allow_reconnect=False)
     js = nc.jetstream()
 
     async def read(

@@ -17,15 +17,15 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import nats
 from rich.text import Text
 
-from contracts.errors import InvalidArgument, Unavailable
+from contracts.errors import InvalidArgument
 from eventstore import EventStore, StoredMessage
 from services.cli import accounts
 from services.cli.output import console, money
 from services.dev.state import running_settings
 from services.settings import Settings
+from services.wiring import connect_nats
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -66,16 +66,13 @@ def tail_events(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        nc = await nats.connect(
-            settings.nats_url,
-            name="jetledger-cli",
-            connect_timeout=5,
-            allow_reconnect=False,
-            error_cb=_quiet,  # failures are raised as one-line errors, not printed as tracebacks
-        )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    nc = await connect_nats(
+        settings,
+        "cli",
+        connect_timeout=5,
+        allow_reconnect=False,
+        error_cb=_quiet,  # failures are raised as one-line errors, not printed as tracebacks
+    )
     try:
         store = EventStore(nc, settings.streams)
         stream = settings.derived_stream if args.derived else settings.stream

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import nats
 import psycopg
 from rich.console import Console
 from rich.progress import (
@@ -28,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from contracts.errors import InvalidArgument, Unavailable
+from contracts.errors import InvalidArgument
 from contracts.money import format_minor
 from projections.ledger.migrate import apply_migrations
 from projections.ledger.rebuild import Progress as RebuildProgress
@@ -36,6 +35,7 @@ from projections.ledger.rebuild import Rebuild
 from projections.ledger.verify import VerifyReport, verify
 from services.cli.parsing import replay_subparsers
 from services.settings import Settings
+from services.wiring import connect_nats
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -64,10 +64,7 @@ def _require(settings: Settings) -> None:
 
 
 async def _connect(settings: Settings) -> Any:
-    try:
-        return await nats.connect(settings.nats_url, name="jetledger-cli", connect_timeout=5)
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    return await connect_nats(settings, "cli", connect_timeout=5, allow_reconnect=False)
 
 
 def replay_ledger(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,13 +19,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import nats
 import psycopg
 from google.protobuf.json_format import MessageToDict, MessageToJson
 from rich.console import Console
 from rich.table import Table
 
-from contracts.errors import InvalidArgument, Unavailable
+from contracts.errors import InvalidArgument
 from contracts.money import format_minor
 from jetledger.notification.v1 import notification_pb2 as pb
 from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
@@ -36,7 +35,9 @@ from services.cli.parsing import replay_subparsers
 from services.grpc_errors import error_from_rpc
 from services.notification.grpc_api import kind_to_pb
 from services.notification.jetstream import StoredMessage, replay
+from services.security.config import channel
 from services.settings import Settings
+from services.wiring import connect_nats
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -164,17 +165,14 @@ async def _verify(settings: Settings) -> list[str]:
 
 
 async def _nats(settings: Settings) -> Any:
-    try:
-        return await nats.connect(settings.nats_url, name="jetledger-cli", connect_timeout=5)
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    return await connect_nats(settings, "cli", connect_timeout=5, allow_reconnect=False)
 
 
 class _Client:
     """A blocking gRPC client of the notification service that raises domain errors."""
 
     def __init__(self, settings: Settings) -> None:
-        self.channel = grpc.insecure_channel(f"{settings.host}:{settings.notification_port}")
+        self.channel = channel(settings, f"{settings.host}:{settings.notification_port}")
         self.stub = pb_grpc.NotificationServiceStub(self.channel)
 
     def call(self, method: str, request: Any) -> Any:

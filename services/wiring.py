@@ -35,6 +35,17 @@ class Store:
         await self.nc.drain()
 
 
+class _QuietTlsClose(logging.Filter):
+    """Drop asyncio's note that nats-py's protocol returns True from ``eof_received`` over TLS:
+    harmless (the connection closes either way) and printed on every close of a secure client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
 async def _report(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 

@@ -18,6 +18,8 @@ from contracts.errors import (
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from services.dev.state import running_settings
@@ -29,13 +31,16 @@ class _Area(Protocol):
 
 
 # Exit statuses: 0 ok, 1 failure/difference found, 2 usage or invalid argument, 3 not found,
-# 4 conflict/already exists, 5 declined (failed precondition), 6 unavailable.
+# 4 conflict/already exists, 5 declined (failed precondition), 6 unavailable, 7 not authenticated
+# or not allowed (no token, an unknown one, or one without the role the command needs).
 EXIT_CODES: dict[type[LedgerError], int] = {
     InvalidArgument: 2,
     NotFound: 3,
     AlreadyExists: 4,
     Declined: 5,
     Unavailable: 6,
+    Unauthenticated: 7,
+    PermissionDenied: 7,
 }
 
 

@@ -34,6 +34,7 @@ from services.cli.output import money, position
 from services.cli.scenario import ScenarioResult, check, run_scenario
 from services.dev import SERVICES, DevSystem, with_free_ports
 from services.notification.jetstream import StoredMessage, replay
+from services.security.config import secure_locally
 from services.settings import Settings
 from services.wiring import connect_nats
 
@@ -74,7 +75,7 @@ class DemoReport:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The ``demo`` command: exit 0 when every check holds."""
-    report = run_demo(settings, Console(highlight=False), keep=args.keep)
+    report = run_demo(secure_locally(settings), Console(highlight=False), keep=args.keep)
     return 0 if report.ok else 1
 
 

@@ -128,6 +128,12 @@ class DevSystem:
         """Make (or reuse) the local credentials, and become a client holding the operator's."""
         if not self.settings.security:
             return
+        if self.settings.nats_url:
+            raise StartFailed(
+                "security on with an external NATS (JETLEDGER_NATS_URL): give each service its"
+                " NATS certificate yourself, or let `jetledger dev` start NATS"
+                " (or set JETLEDGER_SECURITY=off to debug)"
+            )
         self.credentials = ensure_local_credentials(self.data.root / "security")
         clients = client_settings(self.credentials)
         strings: dict[str, object] = {k: v for k, v in clients.items() if k != "security"}

@@ -8,7 +8,10 @@ the variable, never a silent fall-back to plaintext.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,18 @@ class ServerSecurity:
 
     credentials: grpc.ServerCredentials
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
+
+
+def secure_locally(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """``settings`` with security on, for ``jetledger dev`` and ``jetledger demo``, unless
+    ``JETLEDGER_SECURITY`` says otherwise or NATS is external (its users are not ours to make).
+
+    A local system makes every credential it needs itself, so it is secure by default.
+    """
+    env = os.environ if environ is None else environ
+    if ENV_PREFIX + "SECURITY" in env or settings.nats_url:
+        return settings
+    return dataclasses.replace(settings, security=True)
 
 
 def server_security(settings: Settings) -> ServerSecurity | None:

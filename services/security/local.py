@@ -7,7 +7,8 @@ what is missing and keeps what exists, so URLs, tokens and keys stay the same ac
   gRPC servers, nats-server and Postgres; one NATS client certificate per NATS user;
 - ``tokens.json``: the servers' table of hashed tokens; ``tokens/<name>.token``: the raw tokens,
   one per local identity (``operator`` holds every role; ``transaction`` is the intake's
-  credential for ``GetCard``; the others hold one role each, to try what a role may do);
+  credential for ``GetCard``; ``card-admin``, ``payments`` and ``reader`` hold one role each, to
+  try what a role may do; ``bob-app`` is scoped to card ``bob``);
 - ``event-keys.json``: the MAC keyring of events; ``secret-keys.json``: the keyring that encrypts
   webhook secrets.
 
@@ -44,6 +45,10 @@ LOCAL_IDENTITIES: Final = {
     "card-admin": Identity("card-admin", frozenset({Role.CARD_ADMIN})),
     "payments": Identity("payments", frozenset({Role.PAYMENTS})),
     "reader": Identity("reader", frozenset({Role.READER})),
+    # a card's own integration: everything a cardholder's app may do, on card bob only
+    "bob-app": Identity(
+        "bob-app", frozenset({Role.CARD_ADMIN, Role.PAYMENTS, Role.READER}), card="bob"
+    ),
 }
 # Which NATS user each service process connects as.
 SERVICE_NATS_USER: Final = {

@@ -118,7 +118,8 @@ def ensure_local_credentials(root: Path) -> LocalCredentials:
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o700)
     ca = CertificateAuthority(root / "pki")
-    server = ca.issue("server", "localhost", names=LOCAL_NAMES, server=True)
+    # client too: nats-server dials its cluster routes with the same certificate
+    server = ca.issue("server", "localhost", names=LOCAL_NAMES, server=True, client=True)
     nats = {
         user: ca.issue(f"nats-{user}", natsauth.common_name(user), client=True)
         for user in natsauth.ALL_USERS

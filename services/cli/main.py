@@ -56,7 +56,16 @@ def _areas() -> list[_Area]:
     """The subcommand modules, imported lazily so `jetledger --help` stays fast."""
     import importlib
 
-    names = ["demo", "dev", "cards", "transactions", "ledger", "notifications", "events"]
+    names = [
+        "demo",
+        "dev",
+        "cards",
+        "transactions",
+        "ledger",
+        "notifications",
+        "events",
+        "security",
+    ]
     found: list[_Area] = []
     for name in names:
         try:

@@ -127,8 +127,17 @@ def _show_system(out: Console, system: DevSystem, seconds: float) -> None:
     ports = ", ".join(f"{name} :{getattr(s, f'{name}_port')}" for name in SERVICES)
     out.print(
         f"System up in {seconds:.1f}s — gRPC services {ports} on {s.host}; NATS {s.nats_url}"
-        f" (stream {s.stream}, sync_interval: always); Postgres {s.database_url}\n"
+        f" (stream {s.stream}, sync_interval: always); Postgres {s.database_url}"
     )
+    if s.security:
+        out.print(
+            "Security on: TLS on every gRPC and NATS hop, a bearer token with roles on every call"
+            " (the story plays as the operator), a NATS user per service (docs/security.md)\n"
+        )
+    else:
+        out.print(
+            "[yellow]Security off (JETLEDGER_SECURITY=off): plaintext, no authentication[/]\n"
+        )
 
 
 def _show_story(out: Console, result: ScenarioResult) -> None:

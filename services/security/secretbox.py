@@ -46,6 +46,11 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def endpoint_context(card_id: str, endpoint_id: str) -> str:
+    """The associated data of a webhook endpoint's secret: its scope and id (``""`` = operator)."""
+    return f"webhook:{card_id or '*'}:{endpoint_id}"
+
+
 def is_sealed(value: str) -> bool:
     """Tell whether ``value`` has the form of a sealed secret (not a plaintext one)."""
     return value.startswith(VERSION + ".") and value.count(".") == 3

@@ -7,7 +7,13 @@ import os
 import pytest
 
 from eventstore.integrity import Keyring
-from services.security.secretbox import SecretUnreadable, is_sealed, open_sealed, seal
+from services.security.secretbox import (
+    SecretUnreadable,
+    endpoint_context,
+    is_sealed,
+    open_sealed,
+    seal,
+)
 
 RING = Keyring("kek1", {"kek1": os.urandom(32)})
 SECRET = "whsec_correct-horse-battery-staple"
@@ -47,3 +53,11 @@ def test_rotation_keeps_old_secrets_readable() -> None:
     new = seal(rotated, SECRET, "c")
     assert new.split(".")[1] == "kek2"
     assert open_sealed(rotated, old, "c") == open_sealed(rotated, new, "c") == SECRET
+
+
+def test_an_endpoints_secret_does_not_open_for_another_endpoint_or_scope() -> None:
+    sealed = seal(RING, SECRET, endpoint_context("alice", "ep1"))
+    assert open_sealed(RING, sealed, endpoint_context("alice", "ep1")) == SECRET
+    for other in (endpoint_context("alice", "ep2"), endpoint_context("", "ep1")):
+        with pytest.raises(SecretUnreadable):
+            open_sealed(RING, sealed, other)

@@ -20,6 +20,8 @@ from contracts.errors import (
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -33,6 +35,8 @@ STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
     Conflict: grpc.StatusCode.ABORTED,
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # The reverse direction, for clients (the CLI, the intake calling GetCard).
@@ -44,6 +48,8 @@ ERROR_FOR: Final[dict[grpc.StatusCode, type[LedgerError]]] = {
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -1,7 +1,8 @@
 """Adapters built the same way everywhere from ``Settings``.
 
 ``connect_store`` is the services' (reconnects for ever once connected); ``connect_client`` is the
-short-lived commands' (the CLI, the dev supervisor: fails fast, in one line).
+short-lived commands' (the CLI, the dev supervisor: fails fast, in one line). Both connect as this
+process's NATS user, over TLS when security is on (``nats_options``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Final
+from typing import Any, Final
 
 import nats
 from nats.aio.client import Client as NATS
 
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
+from services.security.config import nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
@@ -39,37 +41,59 @@ class Store:
         await self.nc.drain()
 
 
-async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
-    """Connect to NATS, provision the streams (idempotent), and build the store (and writer)."""
+class _QuietTlsClose(logging.Filter):
+    """Drop asyncio's note that nats-py's protocol returns True from ``eof_received`` over TLS:
+    harmless (the connection closes either way) and printed on every close of a secure client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
+async def _report(exc: Exception) -> None:
+    log.warning("nats: %s", exc or type(exc).__name__)
+
+
+async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
+    """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
+    security is on); a failure is ``Unavailable`` with one line."""
     if not settings.nats_url:
         raise InvalidArgument(
             "JETLEDGER_NATS_URL is required (`jetledger dev` starts a local NATS)"
         )
-
-    async def report(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
-
+    options.setdefault("error_cb", _report)
     try:
-        # Reconnect forever once connected (a NATS restart must not kill the service), but give the
-        # first connection a deadline so a wrong URL is a clear error, not an endless retry.
-        nc = await asyncio.wait_for(
-            nats.connect(
-                settings.nats_url,
-                name=f"jetledger-{name}",
-                max_reconnect_attempts=-1,
-                connect_timeout=2,
-                error_cb=report,
-            ),
-            timeout=FIRST_CONNECT_DEADLINE,
+        return await nats.connect(
+            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {reason}") from exc
+
+
+async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
+    """Connect to NATS, provision the streams (idempotent), and build the store (and writer).
+
+    With security on, a service holds no stream-admin rights: the streams were provisioned by the
+    admin identity (``jetledger dev``, the provisioning job) before it started.
+    """
+    # Reconnect forever once connected (a NATS restart must not kill the service), but give the
+    # first connection a deadline so a wrong URL is a clear error, not an endless retry.
+    try:
+        nc = await asyncio.wait_for(
+            connect_nats(settings, name, max_reconnect_attempts=-1, connect_timeout=2),
+            timeout=FIRST_CONNECT_DEADLINE,
+        )
+    except TimeoutError as exc:
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
     store = EventStore(nc, settings.streams)
-    await store.ensure_streams(
-        replicas=settings.stream_replicas,
-        duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
-    )
+    if not settings.security:
+        await store.ensure_streams(
+            replicas=settings.stream_replicas,
+            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+        )
     built = Store(nc, store)
     if writer:
         built.writer = GroupCommitWriter(
@@ -103,12 +127,13 @@ async def connect_client(settings: Settings, name: str) -> NATS:
         await asyncio.wait_for(
             client.connect(
                 settings.nats_url,
-                name=name,
+                name=f"jetledger-{name}",
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
                 error_cb=remember,
+                **nats_options(settings),
             ),
             timeout=CLIENT_CONNECT_SECONDS + 1,
         )

@@ -23,6 +23,7 @@ from jetledger.ledger.v1 import ledger_pb2_grpc
 from jetledger.notification.v1 import notification_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.grpc_errors import error_from_rpc
+from services.security.config import channel
 from services.settings import Settings
 
 DEFAULT_TIMEOUT: Final = 15.0  # seconds; a read-your-writes wait is bounded server-side by less
@@ -97,6 +98,7 @@ class Clients:
 
     def __init__(self, settings: Settings) -> None:
         host = settings.host
+        self._settings = settings
         self.stream = settings.stream  # the source stream's name, for read-your-writes positions
         self._targets = {
             "card": settings.card_target,
@@ -110,10 +112,10 @@ class Clients:
     def _stub(self, service: str, make: Callable[[grpc.Channel], Any]) -> Any:
         if service not in self._stubs:
             target = self._targets[service]
-            channel = grpc.insecure_channel(target)
-            self._channels[service] = channel
-            wait_connected(channel, service, target)
-            self._stubs[service] = make(channel)
+            opened = channel(self._settings, target)  # TLS + our token when security is on
+            self._channels[service] = opened
+            wait_connected(opened, service, target)
+            self._stubs[service] = make(opened)
         return self._stubs[service]
 
     @property
@@ -144,15 +146,18 @@ class Clients:
 
     def close(self) -> None:
         """Close every channel opened so far."""
-        for channel in self._channels.values():
-            channel.close()
+        for opened in self._channels.values():
+            opened.close()
         self._channels.clear()
         self._stubs.clear()
 
 
 @contextlib.contextmanager
 def connect(settings: Settings) -> Iterator[Clients]:
-    """Clients of the four services; each is dialled when first used, and all closed on exit."""
+    """Clients of the four services; each is dialled when first used, and all closed on exit.
+
+    With security on: TLS against ``JETLEDGER_TLS_CA_FILE``, the token of ``JETLEDGER_TOKEN_FILE``.
+    """
     clients = Clients(settings)
     try:
         yield clients

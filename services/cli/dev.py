@@ -23,6 +23,7 @@ from rich.text import Text
 
 from services.dev import SERVICES, DevSystem
 from services.dev.logs import LEVEL_ORDER, LogFollower, level_at_least, readable
+from services.security.config import secure_locally
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Run the dev system until a signal; exit 0 after a clean stop."""
     if args.data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    settings = secure_locally(settings)
     out = Console(highlight=False)
 
     def notify(level: str, message: str) -> None:
@@ -107,6 +109,15 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         signals.restore()
     out.print(f"dev: stopped; data kept in {system.data.root}")
     return 0
+
+
+def grpcurl_flags(settings: Settings) -> str:
+    """How grpcurl reaches the services: TLS against the local CA with the operator's token."""
+    if not settings.security:
+        return "-plaintext"
+    return (
+        '-cacert "$JETLEDGER_TLS_CA_FILE" -H "authorization: Bearer $(cat "$JETLEDGER_TOKEN_FILE")"'
+    )
 
 
 _LABELS = {"nats": "NATS", "nats_monitor": "NATS monitor", "postgres": "Postgres"}
@@ -153,7 +164,7 @@ def show_endpoints(out: Console, system: DevSystem, seconds: float) -> None:
         "from another terminal:\n"
         f"  source {system.data.env_file}   [dim]# these endpoints as JETLEDGER_* variables[/]\n"
         "  jetledger card list\n"
-        f"  grpcurl -plaintext {s.host}:{s.card_port} list\n"
+        f"  grpcurl {grpcurl_flags(s)} {s.host}:{s.card_port} list\n"
         "Ctrl-C stops everything.",
         soft_wrap=True,
     )

@@ -66,7 +66,7 @@ def tail_events(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    nc = await connect_client(settings, "jetledger-cli")
+    nc = await connect_client(settings, "cli")
     try:
         store = EventStore(nc, settings.streams)
         stream = settings.derived_stream if args.derived else settings.stream

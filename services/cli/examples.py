@@ -130,6 +130,23 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "jetledger notifications deliveries --status dead",
     ),
     "notifications verify": ("jetledger notifications verify          # exit 1 on a difference",),
+    "security": (
+        "jetledger security token shop-app --role payments --table tokens.json",
+        "jetledger security audit",
+    ),
+    "security token": (
+        "jetledger security token shop-app --role payments --table tokens.json   # printed once",
+        "jetledger security token bob-app --role payments --card bob --table tokens.json",
+        "jetledger security token ops --role operator --role reader --table tokens.json",
+    ),
+    "security keyring": (
+        "jetledger security keyring new event-keys.json",
+        "jetledger security keyring rotate event-keys.json   # a new signing key; old ones verify",
+    ),
+    "security nats-config": (
+        "jetledger security nats-config --cert server.crt --key server.key --ca ca.crt > nats.conf",
+    ),
+    "security audit": ("jetledger security audit               # every event's MAC, by position",),
     "completion": (
         "jetledger completion bash > ~/.local/share/bash-completion/completions/jetledger",
         'jetledger completion zsh > "${fpath[1]}/_jetledger"',

@@ -7,7 +7,8 @@ command whose server is down says so in one line and exits 6, whichever command 
 does not recognise is a bug and keeps its traceback.
 
 Exit statuses: 0 ok, 1 failure or difference found, 2 usage or invalid argument, 3 not found,
-4 already exists, 5 declined (failed precondition), 6 unavailable.
+4 already exists, 5 declined (failed precondition), 6 unavailable, 7 not authenticated or not
+allowed (no token, an unknown one, or one without the role the command needs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from contracts.errors import (
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -33,6 +36,8 @@ EXIT_CODES: Final[dict[type[LedgerError], int]] = {
     AlreadyExists: 4,
     Declined: 5,
     Unavailable: UNAVAILABLE,
+    Unauthenticated: 7,
+    PermissionDenied: 7,
 }
 
 # SQLSTATE classes and codes that mean "the server cannot be reached or is going away":

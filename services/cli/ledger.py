@@ -64,7 +64,7 @@ def _require(settings: Settings) -> None:
 
 
 async def _connect(settings: Settings) -> Any:
-    return await connect_client(settings, "jetledger-cli")
+    return await connect_client(settings, "cli")
 
 
 def replay_ledger(args: argparse.Namespace, settings: Settings) -> int:

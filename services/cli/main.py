@@ -30,6 +30,7 @@ AREAS: Final = (
     "ledger",
     "notifications",
     "events",
+    "security",
     "completion",
 )
 # libpq's (and so psycopg's) default for a connection that gets no answer is 130 s; a command

@@ -163,7 +163,7 @@ async def _verify(settings: Settings) -> list[str]:
 
 
 async def _nats(settings: Settings) -> Any:
-    return await connect_client(settings, "jetledger-cli")
+    return await connect_client(settings, "cli")
 
 
 def list_notifications(args: argparse.Namespace, settings: Settings) -> int:

@@ -49,7 +49,17 @@ CLIENT_SETTINGS = (
     "stream",
     "derived_stream",
     "subject_prefix",
+    # with security on: the CA, the operator's token, the reader's NATS certificate, the MAC keys
+    "security",
+    "tls_ca_file",
+    "token_file",
+    "nats_user",
+    "nats_cert_file",
+    "nats_key_file",
+    "event_keys_file",
 )
+# The ones ``running_settings`` fills in for a command in another terminal.
+_FOUND_SETTINGS = ("nats_url", "database_url", *CLIENT_SETTINGS[-7:])
 # Endpoints that are not settings but that tools want as variables: the NATS monitor (its /varz
 # proves `sync_interval: always`; tests/integration/test_varz.py reads this variable).
 ENDPOINT_VARIABLES = {"nats_monitor": "NATS_MONITOR_URL"}
@@ -245,8 +255,9 @@ def running_settings(settings: Settings) -> Settings:
     state = DataDir(settings.data_dir).read_state()
     if state is None or not is_alive(state.pid):
         return settings
-    return dataclasses.replace(
-        settings,
-        nats_url=settings.nats_url or state.settings.get("nats_url", ""),
-        database_url=settings.database_url or state.settings.get("database_url", ""),
-    )
+    found: dict[str, object] = {}
+    for name in _FOUND_SETTINGS:
+        if name in state.settings and not getattr(settings, name):
+            raw = state.settings[name]
+            found[name] = raw.lower() == "true" if name == "security" else raw
+    return dataclasses.replace(settings, **found)  # type: ignore[arg-type]

@@ -7,6 +7,12 @@ the projectors must not race the writers for it), then start the four services a
 until each reports SERVING over gRPC health.
 Stop order: the services (SIGTERM, grace, then SIGKILL), then NATS and Postgres. Every process is
 a direct child whose pid we hold; nothing is ever signalled by name.
+
+With security on, every credential comes from ``DATA/security`` (``services.security.local``):
+nats-server requires TLS and a client certificate, one NATS user per service, the streams are
+provisioned by the admin user, the services serve TLS with the access interceptor, and the
+settings recorded for other terminals name the CA, the operator's token and the reader's NATS
+certificate.
 """
 
 from __future__ import annotations
@@ -31,6 +37,13 @@ from services.dev.ports import SERVICES, all_ports, check_free, is_free, service
 from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
 from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
+from services.security.local import (
+    LocalCredentials,
+    client_settings,
+    ensure_local_credentials,
+    nats_server_config,
+    service_settings,
+)
 from services.settings import ENV_PREFIX, Settings
 from services.wiring import connect_client
 
@@ -41,12 +54,14 @@ class StartFailed(Unavailable):
     """The system could not be brought up (a service died or never reported SERVING)."""
 
 
-def child_env(settings: Settings) -> dict[str, str]:
+def child_env(settings: Settings, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a service process: ours, with every ``JETLEDGER_*`` from ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for f in dataclasses.fields(settings):
         if f.name != "extra":
             env[ENV_PREFIX + f.name.upper()] = str(getattr(settings, f.name))
+    for name, value in (overrides or {}).items():
+        env[ENV_PREFIX + name.upper()] = value
     return env
 
 
@@ -65,6 +80,7 @@ class DevSystem:
         self.nats: LocalNats | None = None
         self.postgres: LocalPostgres | None = None
         self.services: dict[str, ServiceProcess] = {}
+        self.credentials: LocalCredentials | None = None
         self._server_retry: dict[str, float] = {}
         self._locked = False
         self.started_at = 0.0
@@ -90,15 +106,20 @@ class DevSystem:
             if self.fresh:
                 self.data.wipe()
             check_free(self.settings.host, all_ports(self.settings))
+            self._secure()
             self._start_servers()
-            asyncio.run(_provision(self.settings))
+            asyncio.run(_provision(self._as_admin()))
             if self.postgres is None:
                 _check_postgres(self.settings.database_url)
-            env = child_env(self.settings)
             for name in SERVICES:
                 port = getattr(self.settings, f"{name}_port")
+                secure = service_settings(self.credentials, name) if self.credentials else {}
                 self.services[name] = ServiceProcess(
-                    name, env, self.data.logs / f"{name}.log", f"{self.settings.host}:{port}"
+                    name,
+                    child_env(self.settings, secure),
+                    self.data.logs / f"{name}.log",
+                    f"{self.settings.host}:{port}",
+                    ca=self.credentials.ca if self.credentials else None,
                 )
                 self.services[name].start()
             self._record()
@@ -107,6 +128,33 @@ class DevSystem:
             self.stop()
             raise
         return self
+
+    def _secure(self) -> None:
+        """Make (or reuse) the local credentials, and become a client holding the operator's."""
+        if not self.settings.security:
+            return
+        if self.settings.nats_url:
+            raise StartFailed(
+                "security on with an external NATS (JETLEDGER_NATS_URL): give each service its"
+                " NATS certificate yourself, or let `jetledger dev` start NATS"
+                " (or set JETLEDGER_SECURITY=off to debug)"
+            )
+        self.credentials = ensure_local_credentials(self.data.root / "security")
+        clients = client_settings(self.credentials)
+        strings: dict[str, object] = {k: v for k, v in clients.items() if k != "security"}
+        self.settings = dataclasses.replace(self.settings, security=True, **strings)  # type: ignore[arg-type]
+
+    def _as_admin(self) -> Settings:
+        """These settings, as the NATS admin user (stream provisioning only)."""
+        if self.credentials is None:
+            return self.settings
+        admin = self.credentials.nats["admin"]
+        return dataclasses.replace(
+            self.settings,
+            nats_user="admin",
+            nats_cert_file=str(admin.cert),
+            nats_key_file=str(admin.key),
+        )
 
     def _start_servers(self) -> None:
         host = self.settings.host
@@ -126,6 +174,11 @@ class DevSystem:
                     monitor_port=reuse(known.nats_monitor),
                     host=host,
                     server_name="jetledger-dev",
+                    extra_config=(
+                        nats_server_config(self.credentials, self.settings.streams)
+                        if self.credentials
+                        else ""
+                    ),
                 ).start()
             if not self.settings.database_url:
                 self.postgres = LocalPostgres(
@@ -305,7 +358,7 @@ def _check_postgres(url: str) -> None:
 async def _provision(settings: Settings) -> None:
     """Create or update the streams (idempotent), failing fast when NATS cannot be reached."""
     try:
-        nc = await connect_client(settings, "jetledger-dev")
+        nc = await connect_client(settings, "dev")
     except Unavailable as exc:
         raise StartFailed(str(exc)) from exc
     try:

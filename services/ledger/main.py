@@ -16,7 +16,6 @@ import os
 import socket
 from typing import Any
 
-import nats
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
@@ -27,7 +26,9 @@ from projections.ledger.migrate import apply_migrations
 from projections.ledger.projector import PoisonEvent, Projector, ProjectorConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.security.config import server_security
 from services.settings import Settings
+from services.wiring import connect_nats
 
 log = logging.getLogger("jetledger.ledger")
 
@@ -38,7 +39,7 @@ async def serve(settings: Settings) -> None:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         await apply_migrations(conn)
-    nc = await nats.connect(settings.nats_url, name="jetledger-ledger", max_reconnect_attempts=-1)
+    nc = await connect_nats(settings, "ledger", max_reconnect_attempts=-1)
     js = nc.jetstream()
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.database_url,
@@ -57,6 +58,7 @@ async def serve(settings: Settings) -> None:
         settings.ledger_port,
         metrics_port=settings.ledger_metrics_port,
         registry=metrics.registry,
+        security=server_security(settings),
     )
     background: set[asyncio.Task[Any]] = set()
 

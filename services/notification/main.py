@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-import nats
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
@@ -27,7 +26,9 @@ from services.notification.runner import ProjectorRunner, RunnerConfig
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.security.config import server_security
 from services.settings import Settings
+from services.wiring import connect_nats
 
 log = logging.getLogger("jetledger.notification")
 
@@ -48,15 +49,15 @@ async def serve(settings: Settings) -> None:
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
-    nc = await nats.connect(
-        settings.nats_url, name="jetledger-notification", max_reconnect_attempts=-1
-    )
+    nc = await connect_nats(settings, "notification", max_reconnect_attempts=-1)
     js = nc.jetstream()
     store = EventStore(nc, settings.streams)
     # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
-    await store.ensure_streams(
-        settings.stream_replicas, timedelta(seconds=settings.duplicate_window_seconds)
-    )
+    # With security on, the admin identity provisioned them: a service may not.
+    if not settings.security:
+        await store.ensure_streams(
+            settings.stream_replicas, timedelta(seconds=settings.duplicate_window_seconds)
+        )
     # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
     # crash just means one more attempt with the same idempotency key (at-least-once holds): so
     # no fsync wait before a POST. The projector's own connection keeps synchronous commits, as
@@ -85,6 +86,7 @@ async def serve(settings: Settings) -> None:
         settings.notification_port,
         metrics_port=settings.notification_metrics_port,
         registry=metrics.registry,
+        security=server_security(settings),
     )
     client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)

@@ -36,15 +36,13 @@ from commands.messages import (
 )
 from contracts.errors import InvalidArgument
 from contracts.events import CardType
-from contracts.ids import check_id
+from contracts.ids import check_client_id, contains_card_number
 from contracts.money import MAX_AMOUNT, check_amount, check_currency
 
 MAX_TEXT: Final = 200  # characters, for names, descriptions, reasons and actors
 CARD_TYPES: Final[tuple[str, ...]] = get_args(CardType)
 
 _LAST4: Final = re.compile(r"[0-9]{4}")
-# A run of 13–19 digits, possibly grouped by spaces or dashes: the shape of a card number.
-_DIGIT_RUN: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
 
 
 def validate(command: Command) -> Command:
@@ -53,14 +51,14 @@ def validate(command: Command) -> Command:
         raise InvalidArgument(f"not a command: {type(command).__name__}")
     _check_types(command)
     if isinstance(command, ExpireAuthorization):
-        check_id(command.authorization_id, "authorization_id")
+        check_client_id(command.authorization_id, "authorization_id")
         if command.command_id != sweeper_command_id(command.authorization_id):
             raise InvalidArgument("command_id of expire_authorization must be sweeper_command_id()")
     else:
-        check_id(command.command_id, "command_id")
+        check_client_id(command.command_id, "command_id")
         if command.command_id.startswith(SYSTEM_ID_PREFIX):
             raise InvalidArgument(f"command_id must not start with {SYSTEM_ID_PREFIX!r} (reserved)")
-    check_id(command.card_id, "card_id")
+    check_client_id(command.card_id, "card_id")
     match command:
         case IssueCard():
             _check_text(command.cardholder_name, "cardholder_name", required=True)
@@ -90,20 +88,20 @@ def validate(command: Command) -> Command:
             _check_text(command.reason, "reason", required=True)
             _check_text(command.actor, "actor", required=True)
         case CreateTransaction() | AuthorizeTransaction():
-            check_id(command.merchant_id, "merchant_id")
+            check_client_id(command.merchant_id, "merchant_id")
             check_amount(command.amount)
             check_currency(command.currency)
             _check_text(command.description, "description")
             if isinstance(command, AuthorizeTransaction) and command.expires_at is not None:
                 _check_aware(command.expires_at, "expires_at")
         case CaptureTransaction():
-            check_id(command.authorization_id, "authorization_id")
+            check_client_id(command.authorization_id, "authorization_id")
             check_amount(command.amount)
             _check_optional_currency(command.currency)
         case VoidTransaction():
-            check_id(command.authorization_id, "authorization_id")
+            check_client_id(command.authorization_id, "authorization_id")
         case RefundTransaction():
-            check_id(command.original_transaction_id, "original_transaction_id")
+            check_client_id(command.original_transaction_id, "original_transaction_id")
             check_amount(command.amount)
             _check_optional_currency(command.currency)
         case ExpireAuthorization():
@@ -130,7 +128,7 @@ def _check_text(value: str, field: str, *, required: bool = False) -> None:
     # stored anywhere (PCI DSS), and free text is where a careless client would put one.
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise InvalidArgument(f"{field} must not contain control characters")
-    if _contains_card_number(value):
+    if contains_card_number(value):
         raise InvalidArgument(f"{field} must not contain a card number")
 
 
@@ -147,23 +145,3 @@ def _check_optional_currency(code: str) -> None:
 def _check_aware(value: datetime, field: str) -> None:
     if value.utcoffset() is None:
         raise InvalidArgument(f"{field} must carry a timezone (naive datetimes are ambiguous)")
-
-
-def _contains_card_number(text: str) -> bool:
-    """Tell whether ``text`` holds a Luhn-valid run of 13–19 digits (a plausible PAN)."""
-    for match in _DIGIT_RUN.finditer(text):
-        digits = [int(ch) for ch in match.group() if ch.isdigit()]
-        for length in range(13, 20):
-            for start in range(len(digits) - length + 1):
-                if _luhn_ok(digits[start : start + length]):
-                    return True
-    return False
-
-
-def _luhn_ok(digits: list[int]) -> bool:
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        if position % 2:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0

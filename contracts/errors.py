@@ -40,5 +40,13 @@ class Aborted(LedgerError):
     """A conflict that did not resolve within the bounded number of retries."""
 
 
+class Unauthenticated(LedgerError):
+    """The caller presented no credential, or one nobody issued."""
+
+
+class PermissionDenied(LedgerError):
+    """A known caller lacks the role, or the card scope, the call needs."""
+
+
 class Unavailable(LedgerError):
     """A dependency (NATS, Postgres, the card service) cannot be reached."""

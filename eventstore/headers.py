@@ -28,6 +28,10 @@ TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
 """W3C trace context, carried in NATS headers by the services (STYLE.md §11)."""
 
+MAC: Final = "Jetledger-Mac"
+MAC_KEY_ID: Final = "Jetledger-Mac-Key"
+"""Tamper evidence (``eventstore.integrity``): the event's HMAC and the id of the key that made it."""
+
 # -- added by the server to direct-get replies and status messages --------------------------------
 
 STREAM: Final = "Nats-Stream"

@@ -9,6 +9,7 @@ projections use consumers read on lean connections of their own (``eventstore.re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ from eventstore.provisioning import (
 )
 from eventstore.publisher import BatchPublisher
 from eventstore.reader import ReadBatch, Subscription, open_subscription, read_batches
+from eventstore.wire import WireOptions
 from eventstore.workers import read_batches_in_worker
 
 DEFAULT_TIMEOUT: Final = 5.0
@@ -126,8 +128,12 @@ class EventStore:
         self.nc = nc
         self.names = names
         self.timeout = timeout
-        # Readers open connections of their own (eventstore.wire) to the same servers.
-        self.read_url = read_url or ",".join(url.geturl() for url in nc.servers)
+        # Readers open connections of their own (eventstore.wire): to the same servers, as the
+        # same user (TLS certificate, credentials, inbox prefix).
+        self.wire = WireOptions.from_client(nc)
+        if read_url:
+            self.wire = dataclasses.replace(self.wire, url=read_url)
+        self.read_url = self.wire.url
         self._js = nc.jetstream(timeout=timeout)
         self._nuid = NUID()
 
@@ -408,9 +414,10 @@ class EventStore:
         stop = (
             None if follow else (until if until is not None else await self.last_sequence(stream))
         )
-        reader = read_batches_in_worker if in_worker else read_batches
+        # A child process cannot be handed a TLS context: with TLS it reads in-process.
+        reader = read_batches_in_worker if in_worker and self.wire.tls is None else read_batches
         batches = reader(
-            self.read_url,
+            self.wire,
             stream,
             max(after, 0),
             stop,
@@ -424,7 +431,7 @@ class EventStore:
 
     def batch_publisher(self) -> BatchPublisher:
         """A publisher of atomic batches on a lean connection of its own (for relays)."""
-        return BatchPublisher(self.read_url, timeout=max(self.timeout, 10.0))
+        return BatchPublisher(self.wire, timeout=max(self.timeout, 10.0))
 
     async def subscribe(
         self,
@@ -439,7 +446,7 @@ class EventStore:
     ) -> Subscription:
         """Open the durable subscription ``name``, re-created to start right after ``after``."""
         return await open_subscription(
-            self.read_url,
+            self.wire,
             stream or self.names.source,
             name,
             after,

@@ -19,7 +19,7 @@ from eventstore import headers as h
 from eventstore.batching import batch_positions, check_batch, expectations, message_headers
 from eventstore.errors import InvalidBatch, StoreError, StoreUnavailable, from_api_error
 from eventstore.model import OutgoingMessage, Position
-from eventstore.wire import WireConnection, hpub_frame
+from eventstore.wire import WireConnection, WireOptions, hpub_frame
 
 
 class _ApiError(msgspec.Struct):
@@ -41,7 +41,7 @@ _ack: Final = msgspec.json.Decoder(_PubAck)
 class BatchPublisher:
     """Publishes atomic batches on a connection of its own; ``close`` when done."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str | WireOptions, timeout: float = 10.0) -> None:
         self._url = url
         self._timeout = timeout
         self._conn: WireConnection | None = None

@@ -38,7 +38,7 @@ from eventstore.consumers import (
 )
 from eventstore.errors import StoreUnavailable
 from eventstore.model import StoredMessage
-from eventstore.wire import WireConnection
+from eventstore.wire import WireConnection, WireOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Anchored:
 
     def __init__(
         self,
-        url: str,
+        url: str | WireOptions,
         stream: str,
         filters: Sequence[str],
         *,
@@ -248,7 +248,7 @@ class Subscription:
 
 
 async def open_subscription(
-    url: str,
+    url: str | WireOptions,
     stream: str,
     name: str,
     after: int,
@@ -275,7 +275,7 @@ async def open_subscription(
 
 
 async def read_batches(
-    url: str,
+    url: str | WireOptions,
     stream: str,
     after: int,
     stop: int | None,

@@ -1,4 +1,4 @@
-"""The child side of ``eventstore.workers``: ``python -m eventstore.readerprocess '<json>'``.
+"""The child side of ``eventstore.workers``: ``python -m eventstore.readerprocess`` (spec on stdin).
 
 Reads with the ordinary reader and writes each batch to stdout as a length-prefixed frame:
 ``B`` + a pickled ``Frame``, then ``D`` when done, or ``U``/``S`` + a message for an error
@@ -18,12 +18,17 @@ import threading
 
 from eventstore.errors import StoreUnavailable
 from eventstore.reader import read_batches
+from eventstore.wire import WireOptions
 from eventstore.workers import LENGTH, READ_AHEAD, Frame
 
 
 def _child(arguments: str) -> None:
     """The worker: read with the ordinary reader; a thread writes the frames to stdout."""
     spec = json.loads(arguments)
+    options = WireOptions(
+        spec["url"], None, None, spec["user"], spec["password"], spec["token"],
+        spec["inbox_prefix"],
+    )  # fmt: skip
     out = sys.stdout.buffer
     frames: queue.Queue[bytes] = queue.Queue(READ_AHEAD)
 
@@ -40,7 +45,7 @@ def _child(arguments: str) -> None:
 
     async def read() -> None:
         async for got in read_batches(
-            spec["url"], spec["stream"], spec["after"], spec["stop"], spec["filters"],
+            options, spec["stream"], spec["after"], spec["stop"], spec["filters"],
             server_filter=spec["server_filter"], batch=spec["batch"],
         ):  # fmt: skip
             rows = [(m.sequence, m.subject, m.data, m.raw_headers, m.time_ns) for m in got.messages]
@@ -58,4 +63,4 @@ def _child(arguments: str) -> None:
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1])
+    _child(sys.stdin.read())

@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from nats.nuid import NUID
@@ -86,6 +86,41 @@ def hpub_frame(subject: str, headers: Mapping[str, str], payload: bytes, reply: 
 
 
 @dataclass(frozen=True, slots=True)
+class WireOptions:
+    """How to reach NATS as this process does: servers, TLS, credentials, reply-subject prefix.
+
+    ``EventStore`` takes them from its nats-py client (``from_client``), so readers connect as the
+    same user, with the same certificate, and receive replies only under the same inbox prefix
+    (a secured server allows nothing else).
+    """
+
+    url: str
+    tls: ssl.SSLContext | None = None
+    tls_hostname: str | None = None
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    inbox_prefix: str = "_INBOX"
+
+    @classmethod
+    def from_client(cls, nc: Any) -> WireOptions:
+        """The options of a connected nats-py client (its public ``servers``/``options``)."""
+        options: dict[str, Any] = getattr(nc, "options", {}) or {}
+        inbox = nc.new_inbox()
+        if isinstance(inbox, bytes):
+            inbox = inbox.decode()
+        return cls(
+            url=",".join(server.geturl() for server in nc.servers),
+            tls=options.get("tls"),
+            tls_hostname=options.get("tls_hostname"),
+            user=options.get("user") or "",
+            password=options.get("password") or "",
+            token=options.get("token") or "",
+            inbox_prefix=inbox.rsplit(".", 1)[0],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _Server:
     host: str
     port: int
@@ -120,7 +155,8 @@ def _servers(url: str) -> list[_Server]:
 class WireConnection(asyncio.Protocol):
     """One NATS client connection for reading; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, options: WireOptions | None = None) -> None:
+        self._options = options or WireOptions("")
         self._transport: asyncio.Transport | None = None
         self._rest = b""  # received bytes not parsed yet (an incomplete line or payload)
         self.last_data = time.monotonic()  # when bytes last arrived (stall detection)
@@ -130,18 +166,24 @@ class WireConnection(asyncio.Protocol):
         self._on_lost: set[Callable[[], None]] = set()
         self._info: asyncio.Future[dict[str, object]] | None = None
         self.error: StoreUnavailable | None = None
-        self._inbox_prefix = f"_INBOX.{NUID().next().decode()}"
+        self._inbox_prefix = f"{self._options.inbox_prefix}.{NUID().next().decode()}"
         self._inboxes = itertools.count(1)
         self._ready = False
 
     # -- opening and closing ----------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, timeout: float = 5.0) -> WireConnection:  # noqa: ASYNC109
-        """Connect to the first server of ``url`` that answers; raise ``StoreUnavailable``."""
+    async def open(
+        cls,
+        target: str | WireOptions,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
+    ) -> WireConnection:
+        """Connect to the first server that answers; raise ``StoreUnavailable``."""
+        options = target if isinstance(target, WireOptions) else WireOptions(target)
         errors: list[str] = []
-        for server in _servers(url):
-            conn = cls()
+        for server in _servers(options.url):
+            conn = cls(options)
             try:
                 await asyncio.wait_for(conn._connect(server), timeout)
             except (OSError, TimeoutError, StoreUnavailable, ValueError, ssl.SSLError) as exc:
@@ -156,9 +198,12 @@ class WireConnection(asyncio.Protocol):
         self._info = loop.create_future()
         transport, _ = await loop.create_connection(lambda: self, server.host, server.port)
         info = await self._info
-        if server.tls or info.get("tls_required"):
-            context = ssl.create_default_context()
-            upgraded = await loop.start_tls(transport, self, context, server_hostname=server.host)
+        options = self._options
+        tls = bool(server.tls or options.tls or info.get("tls_required"))
+        if tls:
+            context = options.tls or ssl.create_default_context()
+            hostname = options.tls_hostname or server.host
+            upgraded = await loop.start_tls(transport, self, context, server_hostname=hostname)
             if upgraded is None:
                 raise StoreUnavailable("TLS upgrade failed")
             self._transport = upgraded
@@ -171,12 +216,14 @@ class WireConnection(asyncio.Protocol):
             "lang": "python",
             "version": _VERSION,
             "name": "jetledger-reader",
-            "tls_required": bool(server.tls or info.get("tls_required")),
+            "tls_required": tls,
         }
-        if server.user:
-            connect.update(user=server.user, **{"pass": server.password})
-        if server.token:
-            connect["auth_token"] = server.token
+        user = server.user or options.user
+        if user:
+            connect.update(user=user, **{"pass": server.password or options.password})
+        token = server.token or options.token
+        if token:
+            connect["auth_token"] = token
         self._write(b"CONNECT " + json.dumps(connect).encode() + _CRLF)
         self._ready = True
         await self.flush(timeout=5.0)

@@ -23,6 +23,7 @@ from typing import Final
 from eventstore.errors import StoreError, StoreUnavailable
 from eventstore.model import StoredMessage
 from eventstore.reader import DEFAULT_BATCH, ReadBatch
+from eventstore.wire import WireOptions
 
 READ_AHEAD: Final = 8  # batches the child may hold while the caller is busy
 LENGTH: Final = struct.Struct(">I")  # frame length prefix
@@ -32,7 +33,7 @@ Frame = tuple[str, int, int, list[tuple[int, str, bytes, bytes, int]]]
 
 
 async def read_batches_in_worker(
-    url: str,
+    url: str | WireOptions,
     stream: str,
     after: int,
     stop: int | None,
@@ -42,15 +43,23 @@ async def read_batches_in_worker(
     batch: int = DEFAULT_BATCH,
 ) -> AsyncGenerator[ReadBatch, None]:
     """``eventstore.reader.read_batches``, read by a child process."""
+    options = url if isinstance(url, WireOptions) else WireOptions(url)
+    if options.tls is not None:
+        raise ValueError("a reader process cannot be handed a TLS context: read in-process")
+    # Handed over on stdin, not argv: credentials must not show in the process table.
     spec = {
-        "url": url, "stream": stream, "after": after, "stop": stop, "filters": list(filters),
-        "server_filter": server_filter, "batch": batch,
+        "url": options.url, "user": options.user, "password": options.password,
+        "token": options.token, "inbox_prefix": options.inbox_prefix, "stream": stream,
+        "after": after, "stop": stop, "filters": list(filters), "server_filter": server_filter,
+        "batch": batch,
     }  # fmt: skip
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eventstore.readerprocess", json.dumps(spec),
-        stdout=asyncio.subprocess.PIPE, limit=1 << 24,
+        sys.executable, "-m", "eventstore.readerprocess",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
     )  # fmt: skip
-    assert child.stdout is not None
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(json.dumps(spec).encode())
+    child.stdin.close()
     try:
         while True:
             try:

@@ -20,6 +20,8 @@ from contracts.errors import (
     InvalidArgument,
     LedgerError,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -33,6 +35,8 @@ STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
     Conflict: grpc.StatusCode.ABORTED,
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # The reverse direction, for clients (the CLI, the intake calling GetCard).
@@ -44,6 +48,8 @@ ERROR_FOR: Final[dict[grpc.StatusCode, type[LedgerError]]] = {
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 
@@ -62,7 +68,10 @@ def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> LedgerError:
     kind = ERROR_FOR.get(code, LedgerError)
     if kind is Declined:
         reason = _reason(exc) or "declined"
-        return Declined(reason, details or "")
+        # The status message is the server's str(Declined), "reason: detail"; the reason comes
+        # from the trailer, so keep only the detail or the reason would be said twice.
+        detail = "" if details == reason else (details or "").removeprefix(f"{reason}: ")
+        return Declined(reason, detail)
     return kind(details or code.name)
 
 

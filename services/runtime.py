@@ -23,13 +23,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from contracts.ids import mask_card_numbers
+from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through."""
+    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through.
+
+    Every text value is passed through ``mask_card_numbers``: an id or a message that holds
+    something shaped like a card number never reaches a log whole (older events may carry one).
+    """
 
     _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
@@ -44,7 +50,8 @@ class JsonFormatter(logging.Formatter):
         payload.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+        masked = {k: mask_card_numbers(v) if isinstance(v, str) else v for k, v in payload.items()}
+        return json.dumps(masked, default=lambda value: mask_card_numbers(str(value)))
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
@@ -110,14 +117,20 @@ async def start_grpc(
     metrics_port: int | None = None,
     registry: CollectorRegistry | None = None,
     options: Sequence[tuple[str, Any]] = (),
+    security: ServerSecurity | None = None,
 ) -> Runtime:
-    """Start an asyncio gRPC server hosting ``services`` plus health and reflection."""
+    """Start an asyncio gRPC server hosting ``services`` plus health and reflection.
+
+    With ``security`` the server listens with TLS only and every call passes its access
+    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
+    """
     server = grpc.aio.server(
+        interceptors=security.interceptors if security is not None else None,
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
             *options,
-        ]
+        ],
     )
     services = list(services)
     for svc in services:
@@ -133,7 +146,12 @@ async def start_grpc(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if security is None:
+        log.warning("security is off: plaintext gRPC, no authentication", extra={"port": port})
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, security.credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()

@@ -72,6 +72,20 @@ class Settings:
     ledger_max_wait_seconds: float = 10.0
     # Test-only fault hook of the ledger projection (see projections/faults.py).
     ledger_fault: str = ""
+    # Security (docs/security.md): TLS on every hop, bearer tokens with roles on every RPC, a NATS
+    # user per service, MACs on events. `jetledger dev` makes every credential it needs locally.
+    security: bool = False
+    tls_ca_file: str = ""  # the CA that signs the servers' certificates (gRPC, NATS, Postgres)
+    tls_cert_file: str = ""  # this service's gRPC server certificate (PEM)
+    tls_key_file: str = ""  # its private key
+    auth_tokens_file: str = ""  # the servers' table of hashed bearer tokens (names, roles)
+    token_file: str = ""  # the bearer token this process calls with (the CLI; GetCard)
+    nats_cert_file: str = ""  # this process's NATS client certificate: its NATS user
+    nats_key_file: str = ""  # its private key
+    nats_user: str = ""  # which NATS user that is (its reply-inbox prefix): card, ledger, reader…
+    event_keys_file: str = ""  # MAC keys of events: one signs, all verify (rotation)
+    secret_keys_file: str = ""  # key-encryption keys of webhook secrets (envelope encryption)
+    webhook_allow_networks: str = ""  # comma-separated CIDRs webhooks may reach though internal
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)

@@ -1,4 +1,9 @@
-"""Adapters every service builds the same way from ``Settings`` (used by the composition roots)."""
+"""Adapters built the same way everywhere from ``Settings``.
+
+``connect_store`` is the services' (reconnects for ever once connected); ``connect_client`` is the
+short-lived commands' (the CLI, the dev supervisor: fails fast, in one line). Both connect as this
+process's NATS user, over TLS when security is on (``nats_options``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Final
 
 import nats
 from nats.aio.client import Client as NATS
@@ -15,11 +21,11 @@ from psycopg.conninfo import make_conninfo
 
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
+from services.security.config import nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
 FIRST_CONNECT_DEADLINE = 20.0  # seconds; a supervisor (k8s, `jetledger dev`) restarts us after it
-COMMAND_CONNECT_DEADLINE = 4.0  # seconds; a command says NATS is away well within 5 s
 
 
 @dataclass
@@ -37,37 +43,59 @@ class Store:
         await self.nc.drain()
 
 
-async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
-    """Connect to NATS, provision the streams (idempotent), and build the store (and writer)."""
+class _QuietTlsClose(logging.Filter):
+    """Drop asyncio's note that nats-py's protocol returns True from ``eof_received`` over TLS:
+    harmless (the connection closes either way) and printed on every close of a secure client."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
+async def _report(exc: Exception) -> None:
+    log.warning("nats: %s", exc or type(exc).__name__)
+
+
+async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
+    """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
+    security is on); a failure is ``Unavailable`` with one line."""
     if not settings.nats_url:
         raise InvalidArgument(
             "JETLEDGER_NATS_URL is required (`jetledger dev` starts a local NATS)"
         )
-
-    async def report(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
-
+    options.setdefault("error_cb", _report)
     try:
-        # Reconnect forever once connected (a NATS restart must not kill the service), but give the
-        # first connection a deadline so a wrong URL is a clear error, not an endless retry.
-        nc = await asyncio.wait_for(
-            nats.connect(
-                settings.nats_url,
-                name=f"jetledger-{name}",
-                max_reconnect_attempts=-1,
-                connect_timeout=2,
-                error_cb=report,
-            ),
-            timeout=FIRST_CONNECT_DEADLINE,
+        return await nats.connect(
+            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {reason}") from exc
+
+
+async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
+    """Connect to NATS, provision the streams (idempotent), and build the store (and writer).
+
+    With security on, a service holds no stream-admin rights: the streams were provisioned by the
+    admin identity (``jetledger dev``, the provisioning job) before it started.
+    """
+    # Reconnect forever once connected (a NATS restart must not kill the service), but give the
+    # first connection a deadline so a wrong URL is a clear error, not an endless retry.
+    try:
+        nc = await asyncio.wait_for(
+            connect_nats(settings, name, max_reconnect_attempts=-1, connect_timeout=2),
+            timeout=FIRST_CONNECT_DEADLINE,
+        )
+    except TimeoutError as exc:
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
     store = EventStore(nc, settings.streams)
-    await store.ensure_streams(
-        replicas=settings.stream_replicas,
-        duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
-    )
+    if not settings.security:
+        await store.ensure_streams(
+            replicas=settings.stream_replicas,
+            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+        )
     built = Store(nc, store)
     if writer:
         built.writer = GroupCommitWriter(
@@ -76,33 +104,64 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     return built
 
 
-async def _quiet(exc: Exception) -> None:
-    del exc  # a command reports its own failure, in one line
+CLIENT_CONNECT_SECONDS: Final = 2.0  # a command facing an unreachable NATS gives up after this
+
+
+async def connect_client(settings: Settings, name: str) -> NATS:
+    """Connect a short-lived client (a CLI command, the dev supervisor): fail fast, never retry.
+
+    A command whose NATS is down must say so in one line within seconds. nats-py's defaults would
+    retry for about two minutes and print a traceback for every attempt, and even with
+    ``allow_reconnect=False`` its first connect loops until ``max_reconnect_attempts`` is spent:
+    so one retry at most, no wait between, a deadline on the whole, errors kept, not printed.
+    Once connected, a lost connection ends the command (``ConnectionClosedError``) instead of
+    hanging in a reconnect loop.
+    """
+    if not settings.nats_url:
+        raise InvalidArgument("set JETLEDGER_NATS_URL (or start `jetledger dev` first)")
+    seen: list[Exception] = []
+
+    async def remember(exc: Exception) -> None:
+        seen.append(exc)
+
+    client = NATS()
+    try:
+        await asyncio.wait_for(
+            client.connect(
+                settings.nats_url,
+                name=f"jetledger-{name}",
+                connect_timeout=int(CLIENT_CONNECT_SECONDS),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                error_cb=remember,
+                **nats_options(settings),
+            ),
+            timeout=CLIENT_CONNECT_SECONDS + 1,
+        )
+    except (OSError, nats.errors.Error, TimeoutError) as exc:
+        # A failed first connect leaves its socket open (nats-py closes it only in close()).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), timeout=1)
+        cause = seen[-1] if seen else exc
+        raise Unavailable(
+            f"cannot connect to NATS at {settings.nats_url}: {_connect_reason(cause)}"
+        ) from exc
+    return client
+
+
+def _connect_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CLIENT_CONNECT_SECONDS:.0f}s"
+    return str(exc) or type(exc).__name__
 
 
 @contextlib.asynccontextmanager
 async def command_store(settings: Settings, name: str = "cli") -> AsyncIterator[EventStore]:
-    """The event store for a one-shot command: fails fast, in one line, when NATS is away.
-
-    No reconnect, a short connect timeout, no printed tracebacks from nats-py's callbacks: a
-    command against an unreachable NATS must say so and exit within a few seconds.
-    """
-    if not settings.nats_url:
-        raise InvalidArgument("set JETLEDGER_NATS_URL (or start `jetledger dev` first)")
-    try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                settings.nats_url,
-                name=f"jetledger-{name}",
-                connect_timeout=2,
-                allow_reconnect=False,
-                error_cb=_quiet,
-            ),
-            timeout=COMMAND_CONNECT_DEADLINE,
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        reason = str(exc) or "timed out"
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {reason}") from None
+    """The event store of a one-shot command (``connect_client``: fails fast, in one line)."""
+    nc = await connect_client(settings, name)
     try:
         yield EventStore(nc, settings.streams)
     finally:

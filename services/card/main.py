@@ -10,6 +10,7 @@ from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from services.card.servicer import CardServicer
 from services.intake import CommandHandler, IntakeMetrics
 from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
+from services.security.config import server_security
 from services.settings import Settings
 from services.wiring import connect_store
 
@@ -36,6 +37,7 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         settings.card_port if port is None else port,
         metrics_port=settings.card_metrics_port if metrics else None,
         registry=registry,
+        security=server_security(settings),
     )
     runtime.on_close(built.close)
     return runtime

@@ -28,6 +28,7 @@ from services.cli.clients import connect
 from services.cli.output import money, position
 from services.cli.scenario import ScenarioResult, check, run_scenario
 from services.dev import SERVICES, DevSystem, with_free_ports
+from services.security.config import secure_locally
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class DemoReport:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The ``demo`` command: exit 0 when every check holds."""
-    report = run_demo(settings, Console(highlight=False), keep=args.keep)
+    report = run_demo(secure_locally(settings), Console(highlight=False), keep=args.keep)
     return 0 if report.ok else 1
 
 
@@ -119,8 +120,17 @@ def _show_system(out: Console, system: DevSystem, seconds: float) -> None:
     ports = ", ".join(f"{name} :{getattr(s, f'{name}_port')}" for name in SERVICES)
     out.print(
         f"System up in {seconds:.1f}s — gRPC services {ports} on {s.host}; NATS {s.nats_url}"
-        f" (stream {s.stream}, sync_interval: always); Postgres {s.database_url}\n"
+        f" (stream {s.stream}, sync_interval: always); Postgres {s.database_url}"
     )
+    if s.security:
+        out.print(
+            "Security on: TLS on every gRPC and NATS hop, a bearer token with roles on every call"
+            " (the story plays as the operator), a NATS user per service (docs/security.md)\n"
+        )
+    else:
+        out.print(
+            "[yellow]Security off (JETLEDGER_SECURITY=off): plaintext, no authentication[/]\n"
+        )
 
 
 def _show_story(out: Console, result: ScenarioResult) -> None:

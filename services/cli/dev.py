@@ -19,10 +19,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from services.dev import SERVICES, DevSystem
 from services.dev.logs import LEVEL_ORDER, LogFollower, level_at_least, readable
+from services.security.config import secure_locally
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Run the dev system until a signal; exit 0 after a clean stop."""
     if args.data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    settings = secure_locally(settings)
     out = Console(highlight=False)
 
     def notify(level: str, message: str) -> None:
@@ -109,34 +111,60 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def grpcurl_flags(settings: Settings) -> str:
+    """How grpcurl reaches the services: TLS against the local CA with the operator's token."""
+    if not settings.security:
+        return "-plaintext"
+    return (
+        '-cacert "$JETLEDGER_TLS_CA_FILE" -H "authorization: Bearer $(cat "$JETLEDGER_TOKEN_FILE")"'
+    )
+
+
+_LABELS = {"nats": "NATS", "nats_monitor": "NATS monitor", "postgres": "Postgres"}
+
+
+def _label(name: str) -> tuple[str, str]:
+    """An endpoint's label and whose pid goes beside it: ``card`` → (``card gRPC``, ``card``),
+    ``card_metrics`` → (``card metrics``, ``""``): a process's pid is shown once."""
+    if name in _LABELS:
+        return _LABELS[name], "" if name.endswith("_monitor") else name
+    service, _, kind = name.partition("_")
+    return f"{service} {kind or 'gRPC'}", "" if kind else service
+
+
 def show_endpoints(out: Console, system: DevSystem, seconds: float) -> None:
     """Print where everything listens, and how to reach it from another terminal."""
     s = system.settings
-    table = Table("", "listens on", "also", "pid", box=None, padding=(0, 2, 0, 0))
+    endpoints = system.endpoints()
     pids = system.pids()
-    for name in SERVICES:
-        port, metrics = getattr(s, f"{name}_port"), getattr(s, f"{name}_metrics_port")
-        table.add_row(
-            name, f"{s.host}:{port} gRPC", f"metrics :{metrics}/metrics", str(pids.get(name, ""))
-        )
-    monitor = f"monitor {system.nats.monitor_url}" if system.nats else "(external)"
-    table.add_row("NATS", s.nats_url, monitor, str(pids.get("nats", "")))
-    table.add_row(
-        "Postgres",
-        s.database_url,
-        "" if system.postgres else "(external)",
-        str(pids.get("postgres", "")),
-    )
+    rows: list[tuple[str, str, str]] = []
+    for name, address in endpoints.items():
+        label, owner = _label(name)
+        external = owner in ("nats", "postgres") and owner not in pids
+        rows.append((label, address, "(external)" if external else str(pids.get(owner, ""))))
     out.print(
         f"[bold green]jetledger dev is up[/] in {seconds:.1f}s — data in {system.data.root}"
-        " (kept between runs; --fresh starts over)"
+        " (kept between runs; --fresh starts over)",
+        soft_wrap=True,
     )
-    out.print(table)
-    out.print(f"logs: {system.log_dir}/<service>.log (JSON lines; shown below, readable)")
+    # Aligned lines rather than a rich Table: a table narrower than its content crops cells, and
+    # an endpoint is copied whole. With soft wrapping a narrow terminal folds a line, never cuts it.
+    label_width = max(len(label) for label, _, _ in rows) + 2
+    address_width = max(len(address) for _, address, _ in rows) + 2
+    for label, address, pid in rows:
+        line = Text.assemble((label.ljust(label_width), "bold"), address)
+        if pid:
+            line.append(" " * (address_width - len(address)))
+            line.append(f"pid {pid}" if pid.isdigit() else pid, style="dim")
+        out.print(line, soft_wrap=True)
+    out.print(
+        f"logs: {system.log_dir}/<service>.log (JSON lines; shown below, readable)", soft_wrap=True
+    )
     out.print(
         "from another terminal:\n"
         f"  source {system.data.env_file}   [dim]# these endpoints as JETLEDGER_* variables[/]\n"
         "  jetledger card list\n"
-        f"  grpcurl -plaintext {s.host}:{s.card_port} list\n"
-        "Ctrl-C stops everything."
+        f"  grpcurl {grpcurl_flags(s)} {s.host}:{s.card_port} list\n"
+        "Ctrl-C stops everything.",
+        soft_wrap=True,
     )

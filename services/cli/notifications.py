@@ -14,26 +14,24 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import grpc
 import psycopg
 from google.protobuf.json_format import MessageToDict, MessageToJson
+from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
 from contracts.errors import InvalidArgument
 from contracts.money import format_minor
 from jetledger.notification.v1 import notification_pb2 as pb
-from jetledger.notification.v1 import notification_pb2_grpc as pb_grpc
 from projections.notifications.core import ALL_KINDS
 from projections.notifications.rebuild import Progress as RebuildProgress
 from projections.notifications.rebuild import rebuild, verify
 from projections.notifications.schema import create_schemas
+from services.cli.clients import call, connect, stream
 from services.cli.ledger import progress_bar, run_command
 from services.cli.parsing import replay_subparsers
-from services.grpc_errors import error_from_rpc
 from services.notification.grpc_api import kind_to_pb
 from services.settings import Settings
 from services.wiring import command_database_url, command_store
@@ -120,7 +118,7 @@ async def _rebuild(settings: Settings) -> int:
                 update(p.phase, p.applied, p.target, f"messages · {rate:,.0f}/s")
 
             report = await rebuild(conn, store, settings.notification_schema, show)
-    applied = ", ".join(f"{stream}: {n} messages" for stream, n in report.messages.items())
+    applied = ", ".join(f"{name}: {n} messages" for name, n in report.messages.items())
     console.print(
         f"rebuilt {report.notifications} notifications ({applied}) in {report.seconds:.1f}s;"
         " swapped in"
@@ -146,46 +144,26 @@ async def _verify(settings: Settings) -> list[str]:
         return await verify(conn, store, settings.notification_schema)
 
 
-class _Client:
-    """A blocking gRPC client of the notification service that raises domain errors."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.channel = grpc.insecure_channel(f"{settings.host}:{settings.notification_port}")
-        self.stub = pb_grpc.NotificationServiceStub(self.channel)
-
-    def call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request, timeout=15)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-
-    def stream(self, request: pb.WatchNotificationsRequest) -> Iterator[pb.Notification]:
-        try:
-            for reply in self.stub.WatchNotifications(request):
-                yield reply.notification
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-
-
 def list_notifications(args: argparse.Namespace, settings: Settings) -> int:
     """Print notifications as a table, following pages up to ``--limit``."""
-    client, token = _Client(settings), ""
+    token = ""
     rows: list[pb.Notification] = []
-    while len(rows) < args.limit:
-        page = client.call(
-            "ListNotifications",
-            pb.ListNotificationsRequest(
-                card_id=args.card,
-                kinds=[kind_to_pb(k) for k in args.kind],
-                page_size=min(1000, args.limit - len(rows)),
-                page_token=token,
-                newest_first=args.newest_first,
-            ),
-        )
-        rows += list(page.notifications)
-        token = page.next_page_token
-        if not token:
-            break
+    with connect(settings) as clients:
+        while len(rows) < args.limit:
+            page = call(
+                clients.notifications.ListNotifications,
+                pb.ListNotificationsRequest(
+                    card_id=args.card,
+                    kinds=[kind_to_pb(k) for k in args.kind],
+                    page_size=min(1000, args.limit - len(rows)),
+                    page_token=token,
+                    newest_first=args.newest_first,
+                ),
+            )
+            rows += list(page.notifications)
+            token = page.next_page_token
+            if not token:
+                break
     if getattr(args, "json", False):
         for n in rows:
             print(MessageToJson(n, indent=None, preserving_proto_field_name=True))
@@ -214,14 +192,15 @@ def watch_notifications(args: argparse.Namespace, settings: Settings) -> int:
         cursor=args.cursor,
         from_now=args.from_now,
     )
-    for note in _Client(settings).stream(request):
-        print(json.dumps(MessageToDict(note, preserving_proto_field_name=True)), flush=True)
+    with connect(settings) as clients:
+        for reply in stream(clients.notifications.WatchNotifications, request):
+            note = reply.notification
+            print(json.dumps(MessageToDict(note, preserving_proto_field_name=True)), flush=True)
     return 0
 
 
 def preferences(args: argparse.Namespace, settings: Settings) -> int:
     """Show a scope's preferences, or replace them with ``--set``."""
-    client = _Client(settings)
     if args.set:
         kinds = [] if args.kinds is None else [k for k in args.kinds.split(",") if k]
         unknown = [k for k in kinds if k not in ALL_KINDS]
@@ -237,36 +216,41 @@ def preferences(args: argparse.Namespace, settings: Settings) -> int:
             request.low_balance_threshold = args.threshold
         if args.percent is not None:
             request.low_balance_percent = args.percent
-        reply = client.call("SetPreferences", request)
-        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
+        with connect(settings) as clients:
+            changed = call(clients.notifications.SetPreferences, request)
+        print(json.dumps(MessageToDict(changed, preserving_proto_field_name=True)))
         return 0
-    reply = client.call("GetPreferences", pb.GetPreferencesRequest(card_id=args.card))
+    with connect(settings) as clients:
+        reply = call(
+            clients.notifications.GetPreferences, pb.GetPreferencesRequest(card_id=args.card)
+        )
     print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
     return 0
 
 
 def webhook(args: argparse.Namespace, settings: Settings) -> int:
     """Add, replace or remove a webhook endpoint."""
-    client = _Client(settings)
     command_id = args.command_id or uuid.uuid4().hex
-    if args.remove:
-        reply = client.call(
-            "RemoveWebhookEndpoint",
-            pb.RemoveWebhookEndpointRequest(
-                command_id=command_id, card_id=args.card, endpoint_id=args.endpoint
-            ),
-        )
-    else:
-        reply = client.call(
-            "SetWebhookEndpoint",
-            pb.SetWebhookEndpointRequest(
-                command_id=command_id,
-                card_id=args.card,
-                endpoint_id=args.endpoint,
-                url=args.url,
-                secret=args.secret,
-            ),
-        )
+    reply: Message
+    with connect(settings) as clients:
+        if args.remove:
+            reply = call(
+                clients.notifications.RemoveWebhookEndpoint,
+                pb.RemoveWebhookEndpointRequest(
+                    command_id=command_id, card_id=args.card, endpoint_id=args.endpoint
+                ),
+            )
+        else:
+            reply = call(
+                clients.notifications.SetWebhookEndpoint,
+                pb.SetWebhookEndpointRequest(
+                    command_id=command_id,
+                    card_id=args.card,
+                    endpoint_id=args.endpoint,
+                    url=args.url,
+                    secret=args.secret,
+                ),
+            )
     print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True)))
     return 0
 
@@ -274,10 +258,11 @@ def webhook(args: argparse.Namespace, settings: Settings) -> int:
 def list_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     """Print webhook deliveries and their state (dead letters included)."""
     status = pb.DeliveryStatus.Value(f"DELIVERY_STATUS_{args.status.upper() or 'UNSPECIFIED'}")
-    reply = _Client(settings).call(
-        "ListDeliveries",
-        pb.ListDeliveriesRequest(card_id=args.card, status=status, page_size=1000),
-    )
+    with connect(settings) as clients:
+        reply = call(
+            clients.notifications.ListDeliveries,
+            pb.ListDeliveriesRequest(card_id=args.card, status=status, page_size=1000),
+        )
     table = Table("id", "notification", "endpoint", "status", "attempts", "last")
     for d in reply.deliveries:
         state = pb.DeliveryStatus.Name(d.status).removeprefix("DELIVERY_STATUS_").lower()

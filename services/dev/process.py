@@ -67,6 +67,7 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     address: str  # host:port of its gRPC server
+    ca: Path | None = None  # with security on: the CA its TLS certificate is checked against
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
     failures: int = 0  # consecutive crashes, for the backoff
@@ -108,7 +109,14 @@ class ServiceProcess:
 
     def serving(self, timeout: float = 1.0) -> bool:
         """Ask the gRPC health service whether the server reports SERVING."""
-        with grpc.insecure_channel(self.address) as channel:
+        channel = (
+            grpc.insecure_channel(self.address)
+            if self.ca is None
+            else grpc.secure_channel(
+                self.address, grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+            )
+        )
+        with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs lack Check's type
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)

@@ -1,7 +1,8 @@
 """What a running ``jetledger dev`` records in its data directory, and how it is found again.
 
 - ``dev.lock`` — an exclusive ``flock`` held for the run: one dev system per data directory;
-- ``dev.json`` — the supervisor's pid, every child's pid and command line, and the endpoints;
+- ``dev.json`` — the supervisor's pid, every child's pid and command line, the endpoints (gRPC,
+  metrics, NATS and its monitor, Postgres) and the settings a client needs;
 - ``dev.env`` — ``export JETLEDGER_…`` lines, so another terminal can ``source`` its way in;
 - ``servers.json`` — the NATS and Postgres ports of the last run, reused so URLs stay stable.
 
@@ -32,7 +33,7 @@ ENV_FILE = "dev.env"
 LOCK_FILE = "dev.lock"
 SERVER_PORTS_FILE = "servers.json"
 
-# The settings a client in another terminal needs to reach the system.
+# The settings a client in another terminal needs to reach the system (and its metrics).
 CLIENT_SETTINGS = (
     "nats_url",
     "database_url",
@@ -41,10 +42,27 @@ CLIENT_SETTINGS = (
     "transaction_port",
     "ledger_port",
     "notification_port",
+    "card_metrics_port",
+    "transaction_metrics_port",
+    "ledger_metrics_port",
+    "notification_metrics_port",
     "stream",
     "derived_stream",
     "subject_prefix",
+    # with security on: the CA, the operator's token, the reader's NATS certificate, the MAC keys
+    "security",
+    "tls_ca_file",
+    "token_file",
+    "nats_user",
+    "nats_cert_file",
+    "nats_key_file",
+    "event_keys_file",
 )
+# The ones ``running_settings`` fills in for a command in another terminal.
+_FOUND_SETTINGS = ("nats_url", "database_url", *CLIENT_SETTINGS[-7:])
+# Endpoints that are not settings but that tools want as variables: the NATS monitor (its /varz
+# proves `sync_interval: always`; tests/integration/test_varz.py reads this variable).
+ENDPOINT_VARIABLES = {"nats_monitor": "NATS_MONITOR_URL"}
 
 
 class Child(msgspec.Struct, frozen=True):
@@ -62,6 +80,8 @@ class DevState(msgspec.Struct):
     pid: int
     started_at: float
     children: list[Child] = msgspec.field(default_factory=list)
+    # "card" (gRPC host:port), "card_metrics" (URL), … for each service, then "nats",
+    # "nats_monitor" (a local NATS only) and "postgres": see ``DevSystem.endpoints``.
     endpoints: dict[str, str] = msgspec.field(default_factory=dict)
     settings: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -179,9 +199,12 @@ class DataDir:
         tmp = self.root / (STATE_FILE + ".tmp")
         tmp.write_bytes(msgspec.json.encode(state))
         tmp.replace(self.root / STATE_FILE)
+        variables = {name.upper(): value for name, value in state.settings.items()}
+        for endpoint, variable in ENDPOINT_VARIABLES.items():
+            if endpoint in state.endpoints:
+                variables[variable] = state.endpoints[endpoint]
         lines = [
-            f"export {ENV_PREFIX}{name.upper()}={shlex.quote(value)}"
-            for name, value in state.settings.items()
+            f"export {ENV_PREFIX}{name}={shlex.quote(value)}" for name, value in variables.items()
         ]
         self.env_file.write_text("\n".join(lines) + "\n")
 
@@ -232,8 +255,9 @@ def running_settings(settings: Settings) -> Settings:
     state = DataDir(settings.data_dir).read_state()
     if state is None or not is_alive(state.pid):
         return settings
-    return dataclasses.replace(
-        settings,
-        nats_url=settings.nats_url or state.settings.get("nats_url", ""),
-        database_url=settings.database_url or state.settings.get("database_url", ""),
-    )
+    found: dict[str, object] = {}
+    for name in _FOUND_SETTINGS:
+        if name in state.settings and not getattr(settings, name):
+            raw = state.settings[name]
+            found[name] = raw.lower() == "true" if name == "security" else raw
+    return dataclasses.replace(settings, **found)  # type: ignore[arg-type]

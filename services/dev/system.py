@@ -1,11 +1,18 @@
 """``DevSystem``: NATS, Postgres and the four services on one machine, supervised, stopped cleanly.
 
 Start order: lock the data directory, stop leftovers of a crashed run, check every service port
-(fail before starting anything), start NATS and Postgres (or use the configured URLs), provision
-the streams (idempotent; the services would too, but the projectors must not race the writers for
-it), then start the four services at once and wait until each reports SERVING over gRPC health.
+(fail before starting anything), start NATS and Postgres (or use the configured URLs, failing
+fast when they cannot be reached), provision the streams (idempotent; the services would too, but
+the projectors must not race the writers for it), then start the four services at once and wait
+until each reports SERVING over gRPC health.
 Stop order: the services (SIGTERM, grace, then SIGKILL), then NATS and Postgres. Every process is
 a direct child whose pid we hold; nothing is ever signalled by name.
+
+With security on, every credential comes from ``DATA/security`` (``services.security.local``):
+nats-server requires TLS and a client certificate, one NATS user per service, the streams are
+provisioned by the admin user, the services serve TLS with the access interceptor, and the
+settings recorded for other terminals name the CA, the operator's token and the reader's NATS
+certificate.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
-import nats
+import psycopg
 
 from contracts.errors import Unavailable
 from eventstore import EventStore
@@ -30,7 +37,15 @@ from services.dev.ports import SERVICES, all_ports, check_free, is_free, service
 from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
 from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
+from services.security.local import (
+    LocalCredentials,
+    client_settings,
+    ensure_local_credentials,
+    nats_server_config,
+    service_settings,
+)
 from services.settings import ENV_PREFIX, Settings
+from services.wiring import connect_client
 
 Notify = Callable[[str, str], None]  # (level, message)
 
@@ -39,12 +54,14 @@ class StartFailed(Unavailable):
     """The system could not be brought up (a service died or never reported SERVING)."""
 
 
-def child_env(settings: Settings) -> dict[str, str]:
+def child_env(settings: Settings, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a service process: ours, with every ``JETLEDGER_*`` from ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for f in dataclasses.fields(settings):
         if f.name != "extra":
             env[ENV_PREFIX + f.name.upper()] = str(getattr(settings, f.name))
+    for name, value in (overrides or {}).items():
+        env[ENV_PREFIX + name.upper()] = value
     return env
 
 
@@ -63,6 +80,7 @@ class DevSystem:
         self.nats: LocalNats | None = None
         self.postgres: LocalPostgres | None = None
         self.services: dict[str, ServiceProcess] = {}
+        self.credentials: LocalCredentials | None = None
         self._server_retry: dict[str, float] = {}
         self._locked = False
         self.started_at = 0.0
@@ -88,13 +106,20 @@ class DevSystem:
             if self.fresh:
                 self.data.wipe()
             check_free(self.settings.host, all_ports(self.settings))
+            self._secure()
             self._start_servers()
-            asyncio.run(_provision(self.settings))
-            env = child_env(self.settings)
+            asyncio.run(_provision(self._as_admin()))
+            if self.postgres is None:
+                _check_postgres(self.settings.database_url)
             for name in SERVICES:
                 port = getattr(self.settings, f"{name}_port")
+                secure = service_settings(self.credentials, name) if self.credentials else {}
                 self.services[name] = ServiceProcess(
-                    name, env, self.data.logs / f"{name}.log", f"{self.settings.host}:{port}"
+                    name,
+                    child_env(self.settings, secure),
+                    self.data.logs / f"{name}.log",
+                    f"{self.settings.host}:{port}",
+                    ca=self.credentials.ca if self.credentials else None,
                 )
                 self.services[name].start()
             self._record()
@@ -103,6 +128,33 @@ class DevSystem:
             self.stop()
             raise
         return self
+
+    def _secure(self) -> None:
+        """Make (or reuse) the local credentials, and become a client holding the operator's."""
+        if not self.settings.security:
+            return
+        if self.settings.nats_url:
+            raise StartFailed(
+                "security on with an external NATS (JETLEDGER_NATS_URL): give each service its"
+                " NATS certificate yourself, or let `jetledger dev` start NATS"
+                " (or set JETLEDGER_SECURITY=off to debug)"
+            )
+        self.credentials = ensure_local_credentials(self.data.root / "security")
+        clients = client_settings(self.credentials)
+        strings: dict[str, object] = {k: v for k, v in clients.items() if k != "security"}
+        self.settings = dataclasses.replace(self.settings, security=True, **strings)  # type: ignore[arg-type]
+
+    def _as_admin(self) -> Settings:
+        """These settings, as the NATS admin user (stream provisioning only)."""
+        if self.credentials is None:
+            return self.settings
+        admin = self.credentials.nats["admin"]
+        return dataclasses.replace(
+            self.settings,
+            nats_user="admin",
+            nats_cert_file=str(admin.cert),
+            nats_key_file=str(admin.key),
+        )
 
     def _start_servers(self) -> None:
         host = self.settings.host
@@ -122,6 +174,11 @@ class DevSystem:
                     monitor_port=reuse(known.nats_monitor),
                     host=host,
                     server_name="jetledger-dev",
+                    extra_config=(
+                        nats_server_config(self.credentials, self.settings.streams)
+                        if self.credentials
+                        else ""
+                    ),
                 ).start()
             if not self.settings.database_url:
                 self.postgres = LocalPostgres(
@@ -170,9 +227,10 @@ class DevSystem:
             Child(name, pid, cmdline_of(pid) or [], stop_signal=sig)
             for name, pid, sig in self._processes()
         ]
-        self.data.write_state(
-            DevState(pid=os.getpid(), started_at=time.time(), children=children), self.settings
+        state = DevState(
+            pid=os.getpid(), started_at=time.time(), children=children, endpoints=self.endpoints()
         )
+        self.data.write_state(state, self.settings)
 
     def _processes(self) -> list[tuple[str, int, int]]:
         found = [(s.name, s.pid, int(signal.SIGTERM)) for s in self.services.values() if s.pid]
@@ -238,6 +296,22 @@ class DevSystem:
 
     # -- inspect and stop -------------------------------------------------------------------------
 
+    def endpoints(self) -> dict[str, str]:
+        """Where everything listens, by name: ``card`` (gRPC), ``card_metrics``, …, ``nats``,
+        ``nats_monitor`` (only for a NATS we started) and ``postgres``; dev.json records them."""
+        s = self.settings
+        found: dict[str, str] = {}
+        for name in SERVICES:
+            found[name] = f"{s.host}:{getattr(s, f'{name}_port')}"
+            found[f"{name}_metrics"] = (
+                f"http://{s.host}:{getattr(s, f'{name}_metrics_port')}/metrics"
+            )
+        found["nats"] = s.nats_url
+        if self.nats is not None:
+            found["nats_monitor"] = self.nats.monitor_url
+        found["postgres"] = s.database_url
+        return found
+
     def pids(self) -> dict[str, int]:
         """The pid of every process the system runs, by name."""
         return {name: pid for name, pid, _ in self._processes()}
@@ -268,22 +342,25 @@ class DevSystem:
             self._locked = False
 
 
-async def _quiet(exc: Exception) -> None:
-    del exc
+def _check_postgres(url: str) -> None:
+    """Fail in one line, within seconds, when a Postgres we did not start cannot be reached
+    (the services would otherwise crash-loop on it until the start-up deadline)."""
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            pass
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StartFailed(
+            f"cannot connect to Postgres: {reason.removeprefix('connection failed: ')}"
+        ) from exc
 
 
 async def _provision(settings: Settings) -> None:
     """Create or update the streams (idempotent), failing fast when NATS cannot be reached."""
     try:
-        nc = await nats.connect(
-            settings.nats_url,
-            name="jetledger-dev",
-            connect_timeout=5,
-            allow_reconnect=False,
-            error_cb=_quiet,  # the failure is raised below; nats-py would also print a traceback
-        )
-    except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
-        raise StartFailed(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+        nc = await connect_client(settings, "dev")
+    except Unavailable as exc:
+        raise StartFailed(str(exc)) from exc
     try:
         await EventStore(nc, settings.streams).ensure_streams(
             replicas=settings.stream_replicas,

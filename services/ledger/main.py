@@ -28,6 +28,7 @@ from projections.metrics import ProjectionMetrics
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.security.config import server_security
 from services.settings import Settings
 from services.wiring import connect_store
 
@@ -42,7 +43,8 @@ async def serve(settings: Settings) -> None:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         await apply_migrations(conn)
-    # Provisions both streams with the configured replicas and duplicate window (idempotent).
+    # Provisions both streams with the configured replicas and duplicate window (idempotent);
+    # with security on, the admin identity provisioned them before the services started.
     nats = await connect_store(settings, "ledger")
     store = nats.store
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -65,6 +67,7 @@ async def serve(settings: Settings) -> None:
         settings.ledger_port,
         metrics_port=settings.ledger_metrics_port,
         registry=metrics.registry,
+        security=server_security(settings),
     )
     background: set[asyncio.Task[Any]] = set()
 

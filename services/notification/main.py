@@ -30,6 +30,7 @@ from services.notification.preferences import PreferenceCommands
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.security.config import server_security
 from services.settings import Settings
 from services.wiring import connect_store
 
@@ -55,6 +56,7 @@ async def serve(settings: Settings) -> None:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
     # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
+    # With security on, the admin identity provisioned them: a service may not.
     nats = await connect_store(settings, "notification")
     store = nats.store
     # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
@@ -87,6 +89,7 @@ async def serve(settings: Settings) -> None:
         settings.notification_port,
         metrics_port=settings.notification_metrics_port,
         registry=metrics.registry,
+        security=server_security(settings),
     )
     client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)

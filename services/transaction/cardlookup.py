@@ -29,8 +29,10 @@ class CardLookup:
         timeout: float = 2.0,
         ttl: float = 30.0,
         registry: CollectorRegistry | None = None,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+        # TLS and the intake's own token when security is on (services.security.config).
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
         self._stub = card_pb2_grpc.CardServiceStub(self._channel)
         self._target = target
         self._timeout = timeout

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from jetledger.transaction.v1 import transaction_pb2, transaction_pb2_grpc
 from services.intake import CommandHandler, IntakeMetrics
 from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
+from services.security.config import aio_channel, server_security
 from services.settings import Settings
 from services.transaction.cardlookup import CardLookup
 from services.transaction.servicer import TransactionServicer
@@ -38,7 +39,10 @@ async def start(
         metrics=IntakeMetrics(registry),
     )
     cards = CardLookup(
-        settings.card_target, timeout=settings.card_lookup_timeout_seconds, registry=registry
+        settings.card_target,
+        timeout=settings.card_lookup_timeout_seconds,
+        registry=registry,
+        channel=aio_channel(settings, settings.card_target),
     )
     sweeper = HoldSweeper(built.store, handler, settings.streams.subjects, interval=sweep_interval)
     runtime = await start_grpc(
@@ -53,6 +57,7 @@ async def start(
         settings.transaction_port if port is None else port,
         metrics_port=settings.transaction_metrics_port if metrics else None,
         registry=registry,
+        security=server_security(settings),
     )
     sweeper.start()
     runtime.on_close(built.close)

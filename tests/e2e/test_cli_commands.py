@@ -173,6 +173,19 @@ def test_a_decline_is_one_line_and_exit_status_5(cli: Any, card: str) -> None:
     assert code == 5 and "card_frozen" in one_line_error(err)
 
 
+def test_a_decline_says_its_reason_once(cli: Any, card: str) -> None:
+    tx_id = new_id("big")
+    code, _, err = cli("tx", "create", card, "1000.00", "--merchant", "tv-shop", "--id", tx_id)
+    line = one_line_error(err)
+    assert code == 5 and line.count("insufficient_funds") == 1, line
+    assert line.startswith("jetledger: error: insufficient_funds: ") and "1000.00" in line, line
+    code, out, err = cli("tx", "outcome", tx_id)  # the recorded decline, read back
+    assert code == 0 and out.count("insufficient_funds") == 1, out + err
+    recorded = ok_json(cli, "tx", "outcome", tx_id)
+    assert recorded["reason"] == "insufficient_funds"
+    assert "insufficient_funds" not in recorded.get("detail", "")
+
+
 @pytest.mark.parametrize(
     ("argv", "status", "words"),
     [

@@ -48,6 +48,7 @@ def test_the_demo_passes_its_own_checks_and_verify(demo: tuple[DemoReport, str])
     assert report.ok, report.problems
     assert "OK LEDGER up to sequence" in output and "OK notifications" in output
     assert "all checks hold" in output
+    assert "Security on: TLS on every gRPC and NATS hop" in output  # make demo runs secure
 
 
 def test_final_balances(demo: tuple[DemoReport, str]) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -139,6 +140,7 @@ def test_dev_runs_supervises_stops_restarts_and_leaves_no_orphans(
     dev = Dev(env, tmp_path / "dev.out").start()
     first = dev.children()
     assert set(first) == {"card", "transaction", "ledger", "notification", "nats", "postgres"}
+    check_endpoints(dev, env)
     cli_json(capsys, "card", "issue", "alice", "--name", "Alice", "--last4", "4242")
     cli_json(capsys, "tx", "fund", "alice", "50.00")
     bought = cli_json(capsys, "tx", "create", "alice", "12.50", "--merchant", "coffee")
@@ -187,6 +189,55 @@ def test_dev_runs_supervises_stops_restarts_and_leaves_no_orphans(
     second = set(dev.children().values())
     assert dev.signal(signal.SIGKILL) == -signal.SIGKILL
     assert gone(second), [pid for pid in second if is_alive(pid)]
+
+
+def check_endpoints(dev: Dev, env: dict[str, str]) -> None:
+    """dev.json names every endpoint, dev.env exports what a client and a scraper need, and the
+    start-up listing shows each URL whole (rich writes 80 columns when not on a terminal)."""
+    state = dev.data.read_state()
+    assert state is not None
+    endpoints = state.endpoints
+    services = ("card", "transaction", "ledger", "notification")
+    expected = {*services, *(f"{s}_metrics" for s in services), "nats", "nats_monitor", "postgres"}
+    assert set(endpoints) == expected
+    for service in services:
+        port = env[f"{ENV_PREFIX}{service.upper()}_PORT"]
+        metrics = env[f"{ENV_PREFIX}{service.upper()}_METRICS_PORT"]
+        assert endpoints[service] == f"127.0.0.1:{port}"
+        assert endpoints[f"{service}_metrics"] == f"http://127.0.0.1:{metrics}/metrics"
+    assert endpoints["nats"] == state.settings["nats_url"] and endpoints["nats"].startswith(
+        "nats://"
+    )
+    assert endpoints["postgres"] == state.settings["database_url"]
+    # The endpoints answer: metrics are scraped, the NATS monitor reports durable acks.
+    assert all(
+        endpoints[k].startswith("http://") for k in expected if k.endswith(("_metrics", "_monitor"))
+    )
+    with urllib.request.urlopen(endpoints["ledger_metrics"], timeout=10) as reply:  # noqa: S310
+        assert b"jetledger_" in reply.read()
+    varz = endpoints["nats_monitor"] + "/varz"
+    with urllib.request.urlopen(varz, timeout=10) as reply:  # noqa: S310
+        assert json.loads(reply.read())["jetstream"]["config"]["sync_always"] is True
+
+    # dev.env, sourced by a shell, gives the same endpoints as JETLEDGER_* variables.
+    shown = subprocess.run(
+        ["bash", "-c", f"source {dev.data.env_file} && env"],
+        env={"PATH": os.environ["PATH"]}, capture_output=True, text=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    variables = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    assert variables[f"{ENV_PREFIX}NATS_URL"] == endpoints["nats"]
+    assert variables[f"{ENV_PREFIX}DATABASE_URL"] == endpoints["postgres"]
+    assert variables[f"{ENV_PREFIX}NATS_MONITOR_URL"] == endpoints["nats_monitor"]
+    for service in services:
+        for kind in ("PORT", "METRICS_PORT"):
+            name = f"{ENV_PREFIX}{service.upper()}_{kind}"
+            assert variables[name] == env[name], name
+
+    # The start-up listing: every endpoint whole on its line, the long Postgres URL included.
+    listing = dev.output()
+    assert len(endpoints["postgres"]) > 40
+    for address in endpoints.values():
+        assert address in listing, f"{address} is cut or missing in:\n{listing}"
 
 
 def test_a_taken_port_is_one_clear_line(

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import build_parser
-from services.dev import DevSystem
-from services.localservers import Servers
+from services.dev import DevSystem, with_free_ports
+from services.security.config import secure_locally
 from services.settings import ENV_PREFIX, Settings
-from tests.e2e.test_cli_commands import isolated_system
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -43,18 +42,20 @@ def walkthrough() -> str:
 
 
 @pytest.fixture(scope="module")
-def system(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     # The walkthrough runs in a directory of its own that looks like the repository: `.venv`
-    # is the real one, `.jetledger/dev.env` is written by this system.
+    # is the real one, `.jetledger/dev.env` is written by this system. Like `jetledger dev`, it
+    # starts its own NATS and Postgres and is secure: TLS, tokens, a NATS user per service.
     home = tmp_path_factory.mktemp("readme")
     (home / ".venv").symlink_to(ROOT / ".venv")
-    with isolated_system(servers, home / ".jetledger") as running:
+    settings = secure_locally(Settings(data_dir=home / ".jetledger"), environ={})
+    with DevSystem(with_free_ports(settings), fresh=True) as running:
         yield running
 
 
 def test_the_walkthrough_runs_as_written(system: DevSystem) -> None:
     script = walkthrough()
-    assert len(script.strip().splitlines()) <= 12, "keep the walkthrough short"
+    assert len(script.strip().splitlines()) <= 13, "keep the walkthrough short"
     for address, field in DEFAULT_ADDRESSES.items():
         script = script.replace(address, f"127.0.0.1:{getattr(system.settings, field)}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
@@ -79,6 +80,7 @@ def test_the_walkthrough_runs_as_written(system: DevSystem) -> None:
     assert '"cardholder_name": "Alice Example"' in out  # grpcurl GetCard
     assert '"posted": "18750"' in out  # grpcurl GetBalance
     assert "tables equal the stream" in out  # jetledger verify
+    assert system.settings.security  # all of it over TLS, with the operator's token
 
 
 def test_the_start_command_exists() -> None:

@@ -39,7 +39,7 @@ K8S_VERSIONS = ("1.30", None)
 # The one marker the dev overlay's generated Secret may carry instead of a credential.
 PLACEHOLDER = "dev-only-placeholder"
 # prod's database credentials: a Secret the Postgres operator creates, not these manifests.
-PROD_EXTERNAL_SECRETS = frozenset({"jetledger-pg-app"})
+PROD_EXTERNAL_SECRETS = frozenset({"jetledger-pg-app", "jetledger-pg-ca"})
 PROD_DATABASE_HOST = "jetledger-pg-rw"
 # Services whose gRPC health is NOT_SERVING by design while the process is alive (a poison event
 # stops the projector, the process stays up): their liveness must not be the gRPC health check.

@@ -48,7 +48,8 @@ async def test_a_relay_that_crashed_before_recording_publishes_nothing_twice(
             " derived_sequence = 1"
         )
         # and a repair re-emitted an old entry meanwhile: it must not move the position back
-        first = [m async for m in ledger_store.replay(1, stream=streams.derived)][0]
+        (head,) = [b async for b in ledger_store.replay_batches(0, stream=streams.derived, until=1)]
+        first = head.messages[0]
         await js.publish(
             streams.subjects.entry_created("card-c0"), first.data, stream=streams.derived
         )

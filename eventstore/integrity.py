@@ -1,0 +1,134 @@
+"""Tamper evidence: a keyed MAC on every event the intake writes, checked wherever events are read.
+
+Permissions keep other services from publishing on a card's subjects, but a stolen admin
+credential, a misconfigured server or a raw write to the store would get past them. A keyed MAC
+makes such an event detectable even then: only a holder of the signing key (the intake) can make
+one that checks. ``jetledger verify`` reports every event that does not, and projections refuse to
+apply one, stopping loudly like they do for a poison event.
+
+What is covered (HMAC-SHA256, length-prefixed so no two inputs share an encoding): a version tag,
+the key id, the subject, the payload, and the headers that give the message its meaning —
+``Nats-Msg-Id`` and the compare-and-set expectation (``Nats-Expected-Last-Subject-Sequence`` and
+its ``-Subject``). Nothing stream-specific (no sequence, no stream name) is covered, so events
+keep checking after a stream is mirrored, restored or split. Covering the expectation makes a
+verbatim replay of a command's first event fail at the server (its expected sequence is stale),
+and a copy without the expectation fail the MAC.
+
+Keys: a ``Keyring`` has one signing key and any number of verification keys, by id. Rotation is
+adding a new key everywhere, then making it the signing key, and keeping the old one for
+verification as long as events signed with it exist (for ever, in an immutable stream).
+
+Pure: the standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final
+
+from eventstore import headers as h
+from eventstore.batching import message_headers
+from eventstore.model import OutgoingMessage, StoredMessage
+
+VERSION: Final = b"jetledger-event-mac-v1"
+COVERED_HEADERS: Final = (
+    h.MSG_ID,
+    h.EXPECTED_LAST_SUBJECT_SEQUENCE,
+    h.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+)
+KEY_BYTES: Final = 32
+_KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class Verdict(StrEnum):
+    """The result of checking one event's MAC."""
+
+    VALID = "valid"
+    MISSING = "missing"  # no MAC at all: not written by the intake
+    UNKNOWN_KEY = "unknown_key"  # a key id this keyring does not hold
+    MISMATCH = "mismatch"  # the MAC does not match: altered, or forged
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """The MAC keys: ``signing_id`` names the one that signs; all of ``keys`` verify."""
+
+    signing_id: str
+    keys: Mapping[str, bytes] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        for key_id, key in self.keys.items():
+            if _KEY_ID.fullmatch(key_id) is None:
+                raise ValueError(f"key id {key_id!r} must match {_KEY_ID.pattern}")
+            if len(key) < KEY_BYTES:
+                raise ValueError(
+                    f"key {key_id!r} has {len(key)} bytes, at least {KEY_BYTES} needed"
+                )
+        if self.signing_id not in self.keys:
+            raise ValueError(f"the signing key {self.signing_id!r} is not in the keyring")
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Keyring:
+        """Read ``{"signing": "<id>", "keys": {"<id>": "<base64 of 32+ bytes>", …}}``."""
+        try:
+            doc = json.loads(raw)
+            keys = {str(k): base64.b64decode(v, validate=True) for k, v in doc["keys"].items()}
+            return cls(str(doc["signing"]), keys)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+            raise ValueError(f"not a keyring: {exc}") from None
+
+    def to_json(self) -> str:
+        """The keyring's file form (keep it secret)."""
+        keys = {k: base64.b64encode(v).decode() for k, v in self.keys.items()}
+        return json.dumps({"signing": self.signing_id, "keys": keys}, indent=2, sort_keys=True)
+
+
+def _part(value: bytes) -> bytes:
+    return len(value).to_bytes(8, "big") + value
+
+
+def compute(key: bytes, key_id: str, subject: str, data: bytes, wire: Mapping[str, str]) -> str:
+    """The MAC (base64url, no padding) of one message as it goes on the wire."""
+    message = b"".join(
+        [
+            _part(VERSION),
+            _part(key_id.encode()),
+            _part(subject.encode()),
+            _part(data),
+            *(_part(wire.get(name, "").encode()) for name in COVERED_HEADERS),
+        ]
+    )
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def seal(keyring: Keyring, msg: OutgoingMessage) -> OutgoingMessage:
+    """Return ``msg`` carrying its MAC and key id (made with the keyring's signing key)."""
+    key_id = keyring.signing_id
+    mac = compute(keyring.keys[key_id], key_id, msg.subject, msg.data, message_headers(msg))
+    return replace(msg, headers={**msg.headers, h.MAC_KEY_ID: key_id, h.MAC: mac})
+
+
+def check(keyring: Keyring, subject: str, data: bytes, stored: Mapping[str, str]) -> Verdict:
+    """Check the MAC of a message as stored (its subject, payload and headers)."""
+    key_id, mac = stored.get(h.MAC_KEY_ID), stored.get(h.MAC)
+    if not key_id or not mac:
+        return Verdict.MISSING
+    key = keyring.keys.get(key_id)
+    if key is None:
+        return Verdict.UNKNOWN_KEY
+    expected = compute(key, key_id, subject, data, stored)
+    return Verdict.VALID if hmac.compare_digest(expected, mac) else Verdict.MISMATCH
+
+
+def check_stored(keyring: Keyring, msg: StoredMessage) -> Verdict:
+    """Check the MAC of a message read from a stream."""
+    return check(keyring, msg.subject, msg.data, msg.headers)

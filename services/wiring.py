@@ -173,4 +173,4 @@ def command_database_url(settings: Settings) -> str:
     """The Postgres URL for a one-shot command, with a connect timeout of a few seconds."""
     if not settings.database_url:
         raise InvalidArgument("set JETLEDGER_DATABASE_URL (or start `jetledger dev` first)")
-    return make_conninfo(settings.database_url, connect_timeout=3)
+    return make_conninfo(settings.database_url, connect_timeout=2)

@@ -40,7 +40,6 @@ from projections.ledger.rebuild import Rebuild
 from projections.ledger.schema import LIVE_SCHEMA
 from projections.ledger.verify import VerifyReport, verify
 from projections.notifications.rebuild import verify as verify_notifications
-from projections.outage import database_outage_as_unavailable
 from services.cli.parsing import replay_subparsers
 from services.settings import Settings
 from services.wiring import command_database_url, command_store
@@ -79,21 +78,14 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run_command(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
-    """Run one command's coroutine; a Postgres outage becomes ``Unavailable`` (exit 6)."""
+    """Run one command's coroutine (its failures reach the user through ``services.cli.failures``:
+    one line, and exit 6 for an unreachable NATS or Postgres)."""
+    del settings
 
-    async def guarded() -> T:
-        async with database_outage_as_unavailable(f"Postgres at {_host(settings)}"):
-            return await body()
+    async def run() -> T:
+        return await body()
 
-    return asyncio.run(guarded())
-
-
-def _host(settings: Settings) -> str:
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(settings.database_url)
-    except psycopg.ProgrammingError:
-        return "the configured URL"
-    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}"
+    return asyncio.run(run())
 
 
 @contextmanager
@@ -164,6 +156,8 @@ async def check_projections(
     db = command_database_url(settings)
     problems: list[str] = []
     async with command_store(settings) as store:
+        # Reach Postgres before the progress bar: an unreachable one is one line, nothing else.
+        await (await psycopg.AsyncConnection.connect(db)).close()
         with progress_bar(Console(stderr=True), "verify") as update:
             report = await verify(
                 db, store, schema, wait_seconds=wait, derived=schema == LIVE_SCHEMA,

@@ -10,7 +10,7 @@ batches, and measures, in this order:
   Postgres COPY of a prepared entries payload (rows/s, and events/s at this history's legs/event);
 - steady projection: the live runner projecting the whole stream from 0 (batch 500, relay on);
 - rebuild: ``jetledger replay ledger`` as a child process (wall time including start-up, its own
-  rate, resident memory at a quarter of the way and at the end: flat means bounded);
+  rate, resident memory by half-way and at the end: flat means bounded);
 - lag at a steady rate: publish → visible in the tracking row, p50/p99.
 
 ``--json`` prints one JSON object with every figure, the ceilings and the targets. Everything is
@@ -215,14 +215,14 @@ def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> dict[str, Any
     if proc.returncode != 0:
         raise RuntimeError(text)
     summary = [line for line in text.splitlines() if line.startswith("rebuilt")]
-    quarter = [rss for at, rss in samples if at <= elapsed / 4] or [0]
+    half = [rss for at, rss in samples if at <= elapsed / 2] or [0]
     reported = 0.0
     if summary and "(" in summary[-1]:
         reported = float(summary[-1].split("(")[1].split(" events/s")[0].replace(",", ""))
     return {
         "seconds": elapsed,
         "reported_events_per_s": reported,
-        "rss_mib_at_quarter": max(quarter) / 1024,
+        "rss_mib_at_half": max(half) / 1024,
         "rss_mib_peak": peak / 1024,
         "summary": summary[-1] if summary else text[-300:],
     }
@@ -339,7 +339,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"rebuild (jetledger replay ledger): {rebuild['reported_events_per_s']:>10,.0f} events/s"
             f" ({rebuild['events_per_s']:,.0f} wall incl. start-up);"
             f" {out['rebuild_vs_copy']:.2f}× the COPY ceiling;"
-            f" RSS {rebuild['rss_mib_at_quarter']:.0f} MiB at ¼, peak {rebuild['rss_mib_peak']:.0f}"
+            f" RSS {rebuild['rss_mib_at_half']:.0f} MiB by half-way, peak {rebuild['rss_mib_peak']:.0f}"
         )
         await fill(lag_store, make_history(100, 50))
         out["lag"] = await lag_at_rate(lag_db, lag_store, args.rate, args.seconds)

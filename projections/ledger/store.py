@@ -106,7 +106,7 @@ def _iso(at: datetime) -> str:
     share its time, and formatting a time costs more than the rest of a row."""
     text = _ISO_CACHE.get(at)
     if text is None:
-        if len(_ISO_CACHE) > 50_000:
+        if len(_ISO_CACHE) > 10_000:
             _ISO_CACHE.clear()
         text = _ISO_CACHE[at] = at.isoformat()
     return text

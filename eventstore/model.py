@@ -1,6 +1,6 @@
 """The event store's value types: what goes in, what comes out, and where it landed.
 
-Positions always name their stream (DESIGN §7): the ledger may later be split into several streams
+Positions always name their stream (docs/architecture.md, §5): the ledger may later be split into several streams
 by card, so no sequence is meaningful without the stream it belongs to.
 """
 

@@ -1,4 +1,4 @@
-"""The one table that maps domain errors to gRPC status codes (STYLE.md §7).
+"""The one table that maps domain errors to gRPC status codes (CONTRIBUTING.md, convention 7).
 
 Servicers raise ``contracts.errors`` exceptions; ``translate_errors`` turns them into statuses.
 A decline carries its machine-readable reason in the trailing metadata key ``jetledger-reason``.

@@ -1,7 +1,7 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
 Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
 
-Shutdown order (DESIGN §3.10, issue 3): health goes NOT_SERVING first (load balancers stop
+Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
 """
 

@@ -2,7 +2,7 @@
 
 The cache is an optimisation only: every append is compare-and-set on the card's family
 (``card.<id>.>``) at the cached version, so a stale entry costs one conflict and a tail reload,
-never a wrong decision (DESIGN §5).
+never a wrong decision (docs/architecture.md, §4.3).
 """
 
 from __future__ import annotations

@@ -222,11 +222,6 @@ SOURCE_EVENT_TYPES: tuple[type[Event], ...] = (
     TransactionDeclined,
 )
 
-MoneyEvent = (
-    CardFunded | BalanceAdjusted | TransactionCreated | TransactionCaptured | TransactionRefunded
-)
-
-
 # --- the idempotency marker: command.<command_id> -------------------------------------------------
 
 
@@ -333,9 +328,3 @@ class WebhookEndpointRemoved(NotifyEvent, frozen=True, tag="notify.webhook_remov
 
 
 PreferenceEvent = NotificationPreferencesSet | WebhookEndpointSet | WebhookEndpointRemoved
-
-PREFERENCE_EVENT_TYPES: tuple[type[NotifyEvent], ...] = (
-    NotificationPreferencesSet,
-    WebhookEndpointSet,
-    WebhookEndpointRemoved,
-)

@@ -60,11 +60,6 @@ class Subjects:
         return f"{self.prefix}card.*.{CardIssued.subject_suffix}"
 
     @property
-    def all_money(self) -> str:
-        """Every money event of every card (``transaction.*`` only)."""
-        return f"{self.prefix}card.*.transaction.>"
-
-    @property
     def all_commands(self) -> str:
         return f"{self.prefix}command.>"
 
@@ -72,11 +67,6 @@ class Subjects:
         """The subject of a preference event: one card's, or the operator default's (``""``)."""
         scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
         return f"{self.prefix}notify.{scope}.{event.subject_suffix}"
-
-    def notify_family(self, card_id: str) -> str:
-        """All preference events of one scope (a card, or the operator default for ``""``)."""
-        scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
-        return f"{self.prefix}notify.{scope}.>"
 
     @property
     def all_notify(self) -> str:

@@ -43,7 +43,6 @@ NUM_PENDING: Final = "Nats-Num-Pending"
 LAST_SEQUENCE: Final = "Nats-Last-Sequence"
 UP_TO_SEQUENCE: Final = "Nats-UpTo-Sequence"
 STATUS: Final = "Status"
-DESCRIPTION: Final = "Description"
 
 # Headers the store owns: an OutgoingMessage may not set them through its ``headers`` mapping.
 RESERVED: Final = frozenset(

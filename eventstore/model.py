@@ -43,11 +43,6 @@ class Expectation:
         if self.last_sequence < 0:
             raise ValueError(f"last_sequence must be >= 0, got {self.last_sequence}")
 
-    @property
-    def is_wildcard(self) -> bool:
-        """Tell whether the filter contains a ``*`` or ``>`` token."""
-        return any(token in ("*", ">") for token in self.subject_filter.split("."))
-
 
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:

@@ -1,12 +1,11 @@
-"""Translation between ``jetledger.transaction.v1`` messages and the pure core's commands."""
+"""Translation between ``jetledger.transaction.v1`` messages and the pure core's commands, and of
+outcomes into replies (a decline as a typed error detail: ``services.outcomes``, docs/intake.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from commands.messages import (
     AdjustBalance,
@@ -18,11 +17,13 @@ from commands.messages import (
     RefundTransaction,
     VoidTransaction,
 )
-from contracts.errors import InvalidArgument
+from contracts.errors import InvalidArgument, LedgerError
 from jetledger.transaction.v1 import transaction_pb2 as pb
+from services.grpc_errors import status_of
 from services.intake import CommandOutcome
+from services.outcomes import declined, outcome_message
 
-OUTCOME_ENUM = {"accepted": pb.OUTCOME_ACCEPTED, "declined": pb.OUTCOME_DECLINED}
+__all__ = ["declined", "outcome_message"]  # the servicer's renderers, shared with the card service
 
 
 def _money(request: object, field: str = "amount") -> tuple[int, str]:
@@ -135,19 +136,15 @@ def from_submitted(item: pb.TransactionCommand) -> Command:
     return builders[which](getattr(item, which))
 
 
-def outcome_message(outcome: CommandOutcome) -> pb.CommandOutcome:
-    """Render a recorded outcome."""
-    decided_at = Timestamp()
-    decided_at.FromDatetime(outcome.decided_at)
-    return pb.CommandOutcome(
-        transaction_id=outcome.command_id,
-        outcome=OUTCOME_ENUM[outcome.outcome],
-        reason=outcome.reason,
-        detail=outcome.detail,
-        stream_sequence=outcome.stream_sequence,
-        stream=outcome.stream,
-        replayed=outcome.replayed,
-        card_id=outcome.card_id,
-        command_type=outcome.command_type,
-        decided_at=decided_at,
-    )
+def submit_result(outcome: CommandOutcome) -> pb.SubmitResult:
+    """One ``SubmitTransactions`` result: the outcome, and for a decline the very status (typed
+    details included) that the unary RPC would have ended with."""
+    if outcome.accepted:
+        return pb.SubmitResult(outcome=outcome_message(outcome))
+    return pb.SubmitResult(outcome=outcome_message(outcome), status=status_of(declined(outcome)))
+
+
+def submit_error(error: LedgerError) -> pb.SubmitResult:
+    """One ``SubmitTransactions`` result for a command that was not decided (bad input, …)."""
+    status = status_of(error)
+    return pb.SubmitResult(error_code=status.code, error_message=status.message, status=status)

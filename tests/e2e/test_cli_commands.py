@@ -186,6 +186,28 @@ def test_a_decline_says_its_reason_once(cli: Any, card: str) -> None:
     assert "insufficient_funds" not in recorded.get("detail", "")
 
 
+def test_a_decline_hands_over_its_recorded_outcome_and_a_retry_says_it_replays(
+    cli: Any, card: str
+) -> None:
+    tx_id = new_id("big")
+    argv = ("tx", "authorize", card, "1000.00", "--merchant", "tv-shop", "--id", tx_id, "--json")
+    code, out, err = cli(*argv)
+    first = json.loads(out)  # the typed detail of the decline, for scripts
+    assert code == 5 and first["outcome"] == "OUTCOME_DECLINED", out + err
+    assert first["reason"] == "insufficient_funds" and first["transaction_id"] == tx_id
+    assert int(first["stream_sequence"]) > 0 and not first.get("replayed", False)
+    line = one_line_error(err)
+    assert line.count("insufficient_funds") == 1 and "a retry" not in line, line
+    assert f"recorded at {first['stream']}:{first['stream_sequence']}" in line, line
+
+    code, out, err = cli(*argv)
+    again = json.loads(out)
+    assert code == 5 and again["replayed"] is True, out + err
+    assert again["stream_sequence"] == first["stream_sequence"]
+    line = one_line_error(err)
+    assert line.count("insufficient_funds") == 1 and "a retry" in line, line
+
+
 @pytest.mark.parametrize(
     ("argv", "status", "words"),
     [

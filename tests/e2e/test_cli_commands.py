@@ -24,6 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from contracts.accounts import ADJUSTMENTS, FUNDING
 from services.cli.main import main
 from services.dev import DevSystem, with_free_ports
 from services.dev.system import child_env
@@ -251,6 +252,30 @@ def test_balance_as_of_and_entries(cli: Any, card: str) -> None:
     assert code == 0 and "-10.00 USD" in out and "90.00 USD" in out
     code, out, _ = cli("balance", card)
     assert code == 0 and "90.00 USD" in out
+
+
+def test_top_ups_come_from_the_house_funding_account(cli: Any, card: str) -> None:
+    """The account docs/ledger.md and the README name, read through the CLI."""
+    first = ok_json(cli, "tx", "fund", card, "0.01")["stream_sequence"]
+    before = ok_json(cli, "balance", FUNDING, "--at-least-seq", first)["balances"]
+    funded = ok_json(cli, "tx", "fund", card, "12.34")["stream_sequence"]
+    after = ok_json(cli, "balance", FUNDING, "--at-least-seq", funded)["balances"]
+    posted = {b["currency"]: int(b.get("posted", "0")) for b in before}
+    assert {b["currency"]: int(b["posted"]) - posted["USD"] for b in after} == {"USD": -1234}
+    assert FUNDING == "house-funding" and ADJUSTMENTS == "house-adjustments"
+    for document in ("README.md", "docs/ledger.md", "docs/cli.md"):
+        text = (Path(__file__).resolve().parents[2] / document).read_text()
+        assert f"`{FUNDING}`" in text and f"`{ADJUSTMENTS}`" in text, document
+
+
+def test_an_account_with_no_activity_yet_is_a_zero_balance(cli: Any) -> None:
+    """A merchant before its first sale and an untouched house account: exit 0, nothing posted."""
+    for account in (f"merchant-{new_id('first-sale')}", ADJUSTMENTS):
+        code, out, err = cli("balance", account, "--json")
+        assert code == 0, err
+        assert all(int(b.get("posted", "0")) == 0 for b in json.loads(out).get("balances", []))
+    code, _, err = cli("balance", new_id("never-issued"))
+    assert code == 3 and "no such card" in one_line_error(err), err
 
 
 def test_events_tail_reads_the_stream(cli: Any, card: str) -> None:

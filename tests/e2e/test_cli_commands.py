@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -309,12 +310,14 @@ def test_events_tail_follows_new_events(card: str) -> None:
 def test_replay_and_verify(cli: Any, card: str) -> None:
     code, out, err = cli("verify")
     assert code == 0 and "OK" in out, err
+    assert "━" in err and re.search(r"\d+/\d+", err), err  # verify shows progress on stderr
     code, _, err = cli("replay", "ledger")
     assert code == 0, err
     code, out, _ = cli("verify")
     assert code == 0 and "OK" in out
     code, _, err = cli("replay", "notifications")
     assert code == 0, err
+    assert "━" in err and re.search(r"\d+/\d+ messages", err), err  # and so does the replay
     code, _, err = cli("notifications", "verify")
     assert code == 0, err
 

@@ -144,3 +144,53 @@ def test_the_citation_checks_see_the_numbers() -> None:
     assert {"1", "4.3", "4.5", "5"} <= architecture_sections()
     assert BRIEF.search("see " + "DESIGN" + " \u00a73.4") and BRIEF.search("STYLE" + ".md")
     assert ARCHITECTURE_CITE.search("docs/architecture.md, invariants 7 and 8")
+
+
+# A file of the repository named anywhere (a comment, a docstring, a manifest): ``services/<x>.py``.
+REPO_PATH = re.compile(
+    rf"(?<![\w./<-])((?:{TOP})/[\w./-]*\w\.(?:py|md|sql|proto|yaml|conf|json|toml|txt))\b"
+)
+# A module (or a name in one) quoted in a comment or a document: ``projections.ledger.relay``.
+MODULE = re.compile(r"`((?:contracts|commands|eventstore|projections|services|bench)(?:\.\w+)+)`")
+
+
+def _module_file(parts: list[str]) -> Path | None:
+    base = ROOT.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_files_named_in_the_repository_exist() -> None:
+    """A comment naming a file that was removed (the ledger's old outbox module) is stale."""
+    missing = sorted(
+        f"{ids(source)}: {path}"
+        for source in SOURCES
+        for path in set(REPO_PATH.findall(source.read_text(errors="replace")))
+        if not (ROOT / path).exists() and not (source.parent / path).exists()
+    )
+    assert not missing, f"names files that do not exist: {missing}"
+
+
+def test_modules_named_in_comments_and_documents_exist() -> None:
+    stale = []
+    for source in SOURCES:
+        for name in set(MODULE.findall(source.read_text(errors="replace"))):
+            parts = name.split(".")
+            known = next((k for k in range(len(parts), 0, -1) if _module_file(parts[:k])), 0)
+            module = _module_file(parts[:known]) if known else None
+            if module is None or (
+                known < len(parts)
+                and not re.search(rf"\b{re.escape(parts[known])}\b", module.read_text())
+            ):
+                stale.append(f"{ids(source)}: {name}")
+    assert not stale, f"names modules or names that do not exist: {sorted(stale)}"
+
+
+def test_the_editor_settings_match_the_formatter() -> None:
+    editorconfig = (ROOT / ".editorconfig").read_text()
+    python = editorconfig.split("[*.{py,pyi}]", 1)[1].split("\n[", 1)[0]
+    width = re.search(r"^line-length = (\d+)$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert width and f"max_line_length = {width.group(1)}" in python
+    assert "indent_size = 4" in editorconfig and "end_of_line = lf" in editorconfig

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
@@ -28,11 +29,11 @@ from contracts.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.outcomes import DETAIL_TYPES, declined_from
 
 REASON_METADATA_KEY: Final = "jetledger-reason"
-STATUS_DETAILS_KEY: Final = (
-    "grpc-status-details-bin"  # google.rpc.Status, as grpcio-status sends it
-)
+# google.rpc.Status with typed details, as grpcio-status (and every gRPC language) reads it
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
 STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -81,11 +82,9 @@ def status_of(error: LedgerError) -> status_pb2.Status:
 
 def _unpacked(exc: grpc.RpcError) -> tuple[object, ...]:
     """The typed details of a failed call that this client knows (none when it sent none)."""
-    from services.outcomes import DETAIL_TYPES
-
     try:
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    except ValueError:  # details that contradict the call's code or message: ignore them
+    except (ValueError, DecodeError):  # details that contradict the call or do not parse
         return ()
     found: list[object] = []
     for wrapped in status.details if status is not None else ():
@@ -103,8 +102,6 @@ def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> LedgerError:
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
     kind = ERROR_FOR.get(code, LedgerError)
     if kind is Declined:
-        from services.outcomes import declined_from
-
         structured = declined_from(_unpacked(exc))
         if structured is not None:
             return structured

@@ -18,12 +18,19 @@ from commands.messages import (
     VoidTransaction,
 )
 from contracts.errors import InvalidArgument, LedgerError
+from contracts.ids import check_id
 from jetledger.transaction.v1 import transaction_pb2 as pb
 from services.grpc_errors import status_of
 from services.intake import CommandOutcome
 from services.outcomes import declined, outcome_message
 
 __all__ = ["declined", "outcome_message"]  # the servicer's renderers, shared with the card service
+
+
+def _transaction_id(request: object) -> str:
+    # The API calls a command's id ``transaction_id``: a bad one is reported by that name, not by
+    # the core's ``command_id``.
+    return check_id(getattr(request, "transaction_id", ""), "transaction_id")
 
 
 def _money(request: object, field: str = "amount") -> tuple[int, str]:
@@ -37,7 +44,7 @@ def create(request: pb.CreateTransactionRequest) -> Command:
     """A one-step purchase."""
     amount, currency = _money(request)
     return CreateTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         merchant_id=request.merchant_id,
         amount=amount,
@@ -50,7 +57,10 @@ def fund(request: pb.FundCardRequest) -> Command:
     """A top-up or repayment."""
     amount, currency = _money(request)
     return FundCard(
-        command_id=request.transaction_id, card_id=request.card_id, amount=amount, currency=currency
+        command_id=_transaction_id(request),
+        card_id=request.card_id,
+        amount=amount,
+        currency=currency,
     )
 
 
@@ -58,7 +68,7 @@ def adjust(request: pb.AdjustBalanceRequest) -> Command:
     """An operator correction."""
     amount, currency = _money(request)
     return AdjustBalance(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         amount=amount,
         currency=currency,
@@ -74,7 +84,7 @@ def authorize(request: pb.AuthorizeTransactionRequest) -> Command:
         request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
     )
     return AuthorizeTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         merchant_id=request.merchant_id,
         amount=amount,
@@ -88,7 +98,7 @@ def capture(request: pb.CaptureTransactionRequest) -> Command:
     """A full or partial capture of a hold."""
     amount, currency = _money(request)
     return CaptureTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         authorization_id=request.authorization_id,
         amount=amount,
@@ -99,7 +109,7 @@ def capture(request: pb.CaptureTransactionRequest) -> Command:
 def void(request: pb.VoidTransactionRequest) -> Command:
     """Release the rest of a hold."""
     return VoidTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         authorization_id=request.authorization_id,
     )
@@ -109,7 +119,7 @@ def refund(request: pb.RefundTransactionRequest) -> Command:
     """A full or partial refund of a posted purchase or capture."""
     amount, currency = _money(request)
     return RefundTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         original_transaction_id=request.original_transaction_id,
         amount=amount,

@@ -122,15 +122,17 @@ def nats_options(settings: Settings) -> dict[str, Any]:
 
 
 def event_keyring(settings: Settings) -> Keyring | None:
-    """The MAC keyring of events, or ``None`` when security is off."""
-    if not settings.security:
+    """The MAC keyring of events: required while security is on, used whenever its file is set
+    (tamper evidence does not depend on TLS), ``None`` when neither."""
+    if not settings.security and not settings.event_keys_file:
         return None
     return _keyring(settings, "event_keys_file")
 
 
 def secret_keyring(settings: Settings) -> Keyring | None:
-    """The keyring that seals webhook secrets, or ``None`` when security is off."""
-    if not settings.security:
+    """The keyring that seals webhook secrets: required while security is on, used whenever its
+    file is set, ``None`` when neither (secrets then stay in plain text: debugging only)."""
+    if not settings.security and not settings.secret_keys_file:
         return None
     return _keyring(settings, "secret_keys_file")
 

@@ -1,9 +1,11 @@
 """Security on a real system (``jetledger dev`` with security on, its own NATS and Postgres):
 every RPC of the four services refuses anonymous and wrong-role callers, the operator's token
-works, and a forged card event published with another service's NATS certificate is refused."""
+works, a forged card event published with another service's NATS certificate is refused, and
+every event records the identity that caused it under a MAC that checks."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,9 @@ import nats
 import pytest
 
 from contracts.events import CardFunded
+from eventstore import EventStore
+from eventstore import headers as h
+from eventstore.integrity import Keyring, Verdict, check_stored
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
@@ -177,3 +182,53 @@ def test_plaintext_and_anonymous_nats_are_refused(system: DevSystem) -> None:
 
     with pytest.raises((OSError, nats.errors.Error, TimeoutError)):
         asyncio.run(plain())
+
+
+async def test_every_event_records_who_acted_under_a_mac_that_checks(system: DevSystem) -> None:
+    assert system.credentials is not None
+    creds = system.credentials
+    card = f"who-{uuid.uuid4().hex[:8]}"
+    target = f"127.0.0.1:{system.settings.card_port}"
+    async with grpc.aio.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("card-admin"))
+    ) as ch:
+        await card_pb2_grpc.CardServiceStub(ch).IssueCard(
+            card_pb2.IssueCardRequest(
+                command_id=f"issue-{card}",
+                card_id=card,
+                cardholder_name="Who Acted",
+                card_type=card_pb2.CARD_TYPE_DEBIT,
+                currency="USD",
+                last4="4242",
+            ),
+            timeout=10,
+        )
+    target = f"127.0.0.1:{system.settings.transaction_port}"
+    async with grpc.aio.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("operator"))
+    ) as ch:
+        await transaction_pb2_grpc.TransactionServiceStub(ch).FundCard(
+            tx.FundCardRequest(
+                transaction_id=f"fund-{card}",
+                card_id=card,
+                amount=tx.Money(amount=5, currency="USD"),
+            ),
+            timeout=10,
+        )
+    keyring = Keyring.from_json(creds.event_keys.read_text())
+    nc = await nats.connect(
+        system.settings.nats_url,
+        connect_timeout=5,
+        allow_reconnect=False,
+        **nats_client_options(creds, "reader"),
+    )
+    try:
+        store = EventStore(nc, system.settings.streams)
+        subjects = system.settings.streams.subjects
+        events = (await store.load(subjects.card_family(card))).messages
+        marker = await store.last_by_subject(subjects.command_marker(f"fund-{card}"))
+    finally:
+        await nc.close()
+    assert [m.headers[h.ACTOR] for m in events] == ["card-admin", "operator"]
+    assert marker is not None and marker.headers[h.ACTOR] == "operator"
+    assert all(check_stored(keyring, m) is Verdict.VALID for m in [*events, marker])

@@ -202,6 +202,7 @@ async def main(rates: list[int], seconds: float, as_json: bool = False) -> None:
             "JETLEDGER_NOTIFICATION_METRICS_PORT": str(free_port()),
             "JETLEDGER_LOG_LEVEL": "WARNING",
             "JETLEDGER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+            "JETLEDGER_SECURITY": "off",  # a plain local NATS
         }
         service = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.notification.main", env=env, stderr=subprocess.DEVNULL

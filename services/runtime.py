@@ -161,6 +161,15 @@ async def start_grpc(
             kwargs["registry"] = registry
         start_http_server(metrics_port, **kwargs)
     runtime = Runtime(server, health_servicer, names, bound, metrics_port)
+    if security is not None and security.health_port:
+        # Kubernetes' gRPC probes cannot speak TLS: they ask this plaintext port, which serves
+        # grpc.health.v1 alone (the same statuses; health answers anyone anyway) and nothing else.
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        if probes.add_insecure_port(f"{host}:{security.health_port}") == 0:
+            raise OSError(f"cannot listen on {host}:{security.health_port}")
+        await probes.start()
+        runtime.on_close(lambda: probes.stop(0))
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
     return runtime

@@ -52,6 +52,7 @@ class ServerSecurity:
 
     credentials: grpc.ServerCredentials
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
+    health_port: int = 0  # a plaintext port serving grpc.health.v1 alone (probes); 0: none
 
 
 def secure_locally(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,9 +62,11 @@ def secure_locally(settings: Settings, environ: Mapping[str, str] | None = None)
     A local system makes every credential it needs itself, so it is secure by default.
     """
     env = os.environ if environ is None else environ
-    if ENV_PREFIX + "SECURITY" in env or settings.nats_url:
-        return settings
-    return dataclasses.replace(settings, security=True)
+    said = env.get(ENV_PREFIX + "SECURITY")
+    if said is not None:
+        return dataclasses.replace(settings, security=said.lower() in {"1", "true", "yes", "on"})
+    # An external NATS: its users are not ours to make, so the local system runs without.
+    return dataclasses.replace(settings, security=not settings.nats_url)
 
 
 def server_security(settings: Settings) -> ServerSecurity | None:
@@ -74,7 +77,7 @@ def server_security(settings: Settings) -> ServerSecurity | None:
         _file(settings, "tls_cert_file"), _file(settings, "tls_key_file")
     )
     authenticator = TokenAuthenticator(_file(settings, "auth_tokens_file"))
-    return ServerSecurity(credentials, (AuthInterceptor(authenticator),))
+    return ServerSecurity(credentials, (AuthInterceptor(authenticator),), settings.health_port)
 
 
 def caller_token(settings: Settings) -> str:

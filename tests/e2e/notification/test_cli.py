@@ -35,6 +35,7 @@ LOCAL = WebhookUrlPolicy.from_setting("127.0.0.0/8,::1/128")  # the receiver is 
 def _cli(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        "JETLEDGER_SECURITY": "off",  # the session's plain NATS
         "JETLEDGER_NATS_URL": service.nats_url,
         "JETLEDGER_DATABASE_URL": service.database_url,
         "JETLEDGER_STREAM": service.streams.source,

@@ -77,6 +77,7 @@ async def test_a_forged_event_halts_the_projection_and_fails_verify(
         keys = tmp_path / "event-keys.json"
         keys.write_text(RING.to_json())
         settings = Settings(
+            security=False,  # plain NATS; the keyring alone turns the MAC checks on
             nats_url=nats_url,
             database_url=db,
             stream=streams.source,

@@ -87,8 +87,8 @@ class Settings:
     event_keys_file: str = ""  # MAC keys of events: one signs, all verify (rotation)
     secret_keys_file: str = ""  # key-encryption keys of webhook secrets (envelope encryption)
     webhook_allow_networks: str = ""  # comma-separated CIDRs webhooks may reach though internal
-    # With security on: a plaintext port serving grpc.health.v1 alone, for probes that cannot
-    # speak TLS (Kubernetes' gRPC probes); 0 = none. One per process (each pod has its own).
+    # A plaintext port serving grpc.health.v1 alone, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); 0 = none. One per process (each pod has its own).
     health_port: int = 0
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"

@@ -91,6 +91,7 @@ async def serve(settings: Settings) -> None:
         metrics_port=settings.notification_metrics_port,
         registry=metrics.registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
     # Every host name is resolved through the URL policy: a name that resolves inward is refused
     # at the address actually connected to (DNS rebinding gains nothing).

@@ -52,7 +52,6 @@ class ServerSecurity:
 
     credentials: grpc.ServerCredentials
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
-    health_port: int = 0  # a plaintext port serving grpc.health.v1 alone (probes); 0: none
 
 
 def secure_locally(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,7 +76,7 @@ def server_security(settings: Settings) -> ServerSecurity | None:
         _file(settings, "tls_cert_file"), _file(settings, "tls_key_file")
     )
     authenticator = TokenAuthenticator(_file(settings, "auth_tokens_file"))
-    return ServerSecurity(credentials, (AuthInterceptor(authenticator),), settings.health_port)
+    return ServerSecurity(credentials, (AuthInterceptor(authenticator),))
 
 
 def caller_token(settings: Settings) -> str:

@@ -271,12 +271,13 @@ async def test_the_probe_port_serves_plaintext_health_alone(
     security = ServerSecurity(
         grpc_server_credentials(cert.cert, cert.key),
         (AuthInterceptor(TokenAuthenticator(table)),),
-        health_port=probe_port,
     )
     service = card_pb2.DESCRIPTOR.services_by_name["CardService"]
     add = card_pb2_grpc.add_CardServiceServicer_to_server
     hosted = [GrpcService(service.full_name, add, stand_in(service, []))]
-    runtime = await start_grpc(hosted, "127.0.0.1", free_port(), security=security)
+    runtime = await start_grpc(
+        hosted, "127.0.0.1", free_port(), security=security, health_port=probe_port
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{probe_port}") as channel:
             health: Any = health_pb2_grpc.HealthStub(channel)

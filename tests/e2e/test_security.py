@@ -18,6 +18,7 @@ from eventstore import EventStore
 from eventstore import headers as h
 from eventstore.integrity import Keyring, Verdict, check_stored
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
+from jetledger.notification.v1 import notification_pb2, notification_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.dev import DevSystem, with_free_ports
@@ -232,3 +233,67 @@ async def test_every_event_records_who_acted_under_a_mac_that_checks(system: Dev
     assert [m.headers[h.ACTOR] for m in events] == ["card-admin", "operator"]
     assert marker is not None and marker.headers[h.ACTOR] == "operator"
     assert all(check_stored(keyring, m) is Verdict.VALID for m in [*events, marker])
+
+
+def test_webhooks_and_card_ids_on_a_secure_system(system: DevSystem) -> None:
+    """The issue's findings, on the real system: an operator-wide endpoint needs the operator, a
+    card's integration cannot remove another card's endpoint, internal URLs are refused even to
+    the operator, and an id shaped like a card number is refused."""
+    assert system.credentials is not None
+    creds = system.credentials
+    target = f"127.0.0.1:{system.settings.notification_port}"
+
+    def set_endpoint(token: str, card: str, url: str) -> grpc.RpcError | None:
+        with grpc.secure_channel(target, grpc_channel_credentials(creds.ca, token)) as ch:
+            try:
+                notification_pb2_grpc.NotificationServiceStub(ch).SetWebhookEndpoint(
+                    notification_pb2.SetWebhookEndpointRequest(
+                        command_id=f"wh-{uuid.uuid4().hex[:8]}",
+                        card_id=card,
+                        endpoint_id="ops",
+                        url=url,
+                    ),
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                return exc
+        return None
+
+    public = "https://example.com/hook"
+    refused = set_endpoint(creds.token("card-admin"), "", public)
+    assert refused is not None and refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    for url, why in (
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://127.0.0.1:50054/hook", "internal address"),
+    ):
+        refused = set_endpoint(creds.token("operator"), "", url)
+        assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert why in (refused.details() or ""), refused.details()
+    with grpc.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("bob-app"))
+    ) as ch:
+        with pytest.raises(grpc.RpcError) as other_card:
+            notification_pb2_grpc.NotificationServiceStub(ch).RemoveWebhookEndpoint(
+                notification_pb2.RemoveWebhookEndpointRequest(
+                    command_id="rm-alice", card_id="alice", endpoint_id="e1"
+                ),
+                timeout=10,
+            )
+        assert other_card.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    card_target = f"127.0.0.1:{system.settings.card_port}"
+    with grpc.secure_channel(
+        card_target, grpc_channel_credentials(creds.ca, creds.token("card-admin"))
+    ) as ch:
+        with pytest.raises(grpc.RpcError) as pan:
+            card_pb2_grpc.CardServiceStub(ch).IssueCard(
+                card_pb2.IssueCardRequest(
+                    command_id="issue-pan",
+                    card_id="4111111111111111",
+                    cardholder_name="Pan Shaped",
+                    card_type=card_pb2.CARD_TYPE_DEBIT,
+                    currency="USD",
+                    last4="1111",
+                ),
+                timeout=10,
+            )
+        assert pan.value.code() == grpc.StatusCode.INVALID_ARGUMENT

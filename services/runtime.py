@@ -84,6 +84,7 @@ class Runtime:
     names: Sequence[str]
     port: int
     metrics_port: int | None
+    registry: CollectorRegistry | None = None  # the service's metrics (tests read them directly)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -160,7 +161,7 @@ async def start_grpc(
         if registry is not None:
             kwargs["registry"] = registry
         start_http_server(metrics_port, **kwargs)
-    runtime = Runtime(server, health_servicer, names, bound, metrics_port)
+    runtime = Runtime(server, health_servicer, names, bound, metrics_port, registry)
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
     return runtime

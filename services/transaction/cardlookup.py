@@ -16,8 +16,8 @@ The cache never makes load on the card service bursty (docs/intake.md, "Card loo
 - **budget**: at most ``max_entries`` cards are kept (least recently used leaves first), and at
   most ``max_in_flight`` ``GetCard`` calls run at once.
 
-A background refresh that fails keeps the old answer until ``max_stale``; one that says NOT_FOUND
-drops it.
+A background refresh that fails keeps the old answer until ``max_stale`` (and is retried at most
+once a second per card); one that says NOT_FOUND drops it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from contracts.errors import NotFound, Unavailable
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from services.grpc_errors import error_from_rpc
 
+RETRY_AFTER = 1.0  # seconds between refresh attempts of a card while the card service fails
 LOOKUP_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 2.5)
 
 
@@ -138,6 +139,9 @@ class CardLookup:
         if isinstance(error, NotFound):
             self._known.pop(card_id, None)
             self._entries.set(len(self._known))
+        elif error is not None and (entry := self._known.get(card_id)) is not None:
+            # Keep serving what we had, and ask again in a second, not on every command.
+            entry.fresh_until = min(self._clock() + RETRY_AFTER, entry.stale_until)
 
     async def _fetch(self, card_id: str) -> card_pb2.CardResponse:
         async with self._slots:

@@ -99,3 +99,26 @@ async def test_budget_bounds_the_entries(intake: Intake) -> None:
         assert len(lookup) == 5
     finally:
         await lookup.close()
+
+
+async def test_a_card_service_outage_is_ridden_out_on_kept_answers(intake: Intake) -> None:
+    cards = await _issue(intake, 3)
+    registry = CollectorRegistry()
+    lookup = _lookup(intake, registry, ttl=0.2, jitter=0.0, max_stale=600.0)
+    try:
+        for card_id in cards:
+            await lookup.get(card_id)
+        await intake.card_runtime.stop(grace=0)  # the card service is gone
+        await asyncio.sleep(0.3)  # every answer is past its freshness now
+        for _ in range(50):
+            answers = await asyncio.gather(*(lookup.get(c) for c in cards))
+            assert [a.card_id for a in answers] == cards, "kept answers keep commands going"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        failed = registry.get_sample_value(
+            "jetledger_card_lookup_calls_total", {"result": "failed"}
+        )
+        # One failed refresh per card, then one a second at most: not one per lookup (150).
+        assert failed is not None and 3 <= failed <= 3 * 3, failed
+    finally:
+        await lookup.close()

@@ -33,6 +33,9 @@ MAC: Final = "Jetledger-Mac"
 MAC_KEY_ID: Final = "Jetledger-Mac-Key"
 """Tamper evidence (``eventstore.integrity``): the event's HMAC and the id of the key that made it."""
 
+ACTOR: Final = "Jetledger-Actor"
+"""The acting identity: who caused the event (the authenticated caller, or ``system``); MAC-covered."""
+
 # -- added by the server to direct-get replies and status messages --------------------------------
 
 STREAM: Final = "Nats-Stream"

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter
 
 from commands.messages import (
     CloseCard,
@@ -79,8 +80,20 @@ def command_result(outcome: CommandOutcome) -> card_pb2.CommandResult:
 class CardServicer(card_pb2_grpc.CardServiceServicer):
     """Answers card lookups from folded state and appends lifecycle commands."""
 
-    def __init__(self, handler: CommandHandler, store: EventStore, streams: StreamNames) -> None:
+    def __init__(
+        self,
+        handler: CommandHandler,
+        store: EventStore,
+        streams: StreamNames,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._handler = handler
+        registry = registry if registry is not None else CollectorRegistry()
+        self._lookups = Counter(
+            "jetledger_card_lookups_served_total",
+            "GetCard calls answered (or refused) by the card service",
+            registry=registry,
+        )
         self._store = store
         self._stream = streams.source
         self._subjects = streams.subjects
@@ -101,6 +114,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
     async def GetCard(
         self, request: card_pb2.CardRequest, context: Context
     ) -> card_pb2.CardResponse:
+        self._lookups.inc()
         state = await self._card(request.card_id)
         return card_response(state, self._stream, datetime.now(UTC))
 

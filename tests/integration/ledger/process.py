@@ -46,6 +46,7 @@ class LedgerProcess:
             "JETLEDGER_LEDGER_PORT": str(self.port),
             "JETLEDGER_LEDGER_METRICS_PORT": str(self.metrics_port),
             "JETLEDGER_LOG_LEVEL": "INFO",
+            "JETLEDGER_SECURITY": "off",  # the session's plain NATS
             **self.env,
         }
         with self.log_path.open("ab") as log:

@@ -45,7 +45,6 @@ class Receiver:
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
-        self.requests = 0
         self.port = 0
         self.changed = asyncio.Event()
 
@@ -64,7 +63,6 @@ class Receiver:
                 )
                 lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
                 await reader.readexactly(int(lowered.get("content-length", "0")))
-                self.requests += 1
                 self.arrived.setdefault(lowered.get("webhook-id", ""), now)
                 self.changed.set()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")

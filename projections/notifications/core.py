@@ -1,6 +1,6 @@
 """The pure core of the notification projection: which notifications a stream event causes.
 
-No I/O here (STYLE.md rule 1): the Postgres adapter loads the per-card state and preferences,
+No I/O here (CONTRIBUTING.md, convention 1): the Postgres adapter loads the per-card state and preferences,
 calls these functions in stream order and stores what they return, so the same fold can be
 re-run independently (``verify``) and hammered by property tests.
 

@@ -1,7 +1,7 @@
 """Preference commands: validate, then append the preference event and its outcome marker.
 
-Preferences are decisions, so they live on the stream (DESIGN §1) and a rebuild keeps them. Each
-command carries a client id and is idempotent forever (DESIGN §3.5): its outcome marker on
+Preferences are decisions, so they live on the stream (docs/architecture.md, §1) and a rebuild keeps them. Each
+command carries a client id and is idempotent forever (docs/architecture.md, invariant 5): its outcome marker on
 ``command.<id>`` is appended in the same atomic batch as the event, expecting an empty subject, so
 the same id with the same request replays the original result, with another request it is
 ``ALREADY_EXISTS``.

@@ -126,7 +126,6 @@ class WebhookDispatcher:
             " RETURNING u.status, extract(epoch FROM now() - d.created_at)::float8"
         ).format(o=o)
         self._outcomes: list[tuple[int, str, int, str]] = []
-        self._recorded = asyncio.Event()
         self._recording: asyncio.Task[None] | None = None
         self._retry_sql = sql.SQL(
             "UPDATE {o}.deliveries SET last_http_status = %s, last_error = %s,"

@@ -2,7 +2,7 @@
 
 Each kustomize overlay is rendered with ``kubectl kustomize``, validated against the Kubernetes
 schemas with ``kubernetes-validate --strict``, and held to the properties the design relies on
-(DESIGN §3.4 durable acks, §3.8 one writer, §7 scale-out). The Dockerfile goes through hadolint.
+(docs/architecture.md: invariant 4 durable acks, invariant 8 one writer, §5 scale-out). The Dockerfile goes through hadolint.
 
 Each property is a function that returns the problems it finds, so ``test_checks_catch_breakage``
 can prove every one of them fires on a deliberately broken copy of a rendered overlay.
@@ -258,7 +258,7 @@ def service_deployment_problems(docs: list[Doc]) -> list[str]:
 
 
 def nats_config_problems(docs: list[Doc]) -> list[str]:
-    """JetStream on, fsync before every ack (DESIGN §3.4), store on the PVC, monitor port."""
+    """JetStream on, fsync before every ack (docs/architecture.md, invariant 4), store on the PVC, monitor port."""
     problems = []
     conf = mounted_nats_conf(docs)
     jetstream = nats_block(conf, "jetstream")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,13 +125,3 @@ class LedgerProcess:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-60:])
         return ""
-
-
-@contextlib.contextmanager
-def ledger_process(**kwargs: object) -> Iterator[LedgerProcess]:
-    """A started ledger process, stopped on exit."""
-    proc = LedgerProcess(**kwargs).start()  # type: ignore[arg-type]
-    try:
-        yield proc
-    finally:
-        proc.stop()

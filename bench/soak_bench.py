@@ -404,7 +404,7 @@ def _status_name(code: int) -> str:
     return f"STATUS_{code}"
 
 
-async def _wait_caught_up(urls: Sequence[str], within: float = 300.0) -> float:
+async def _wait_caught_up(urls: Sequence[str], within: float = 1800.0) -> float:
     """Seconds until the projections report no lag (or -1 if they never did)."""
     started = time.perf_counter()
     while time.perf_counter() - started < within:

@@ -43,6 +43,7 @@ upgrade:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vulture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy contracts eventstore commands projections services bench tests

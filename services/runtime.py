@@ -1,7 +1,7 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
 Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
 
-Shutdown order (DESIGN §3.10, issue 3): health goes NOT_SERVING first (load balancers stop
+Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
 """
 
@@ -122,11 +122,13 @@ async def start_grpc(
     registry: CollectorRegistry | None = None,
     options: Sequence[tuple[str, Any]] = (),
     security: ServerSecurity | None = None,
+    health_port: int = 0,
 ) -> Runtime:
     """Start an asyncio gRPC server hosting ``services`` plus health and reflection.
 
     With ``security`` the server listens with TLS only and every call passes its access
-    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
+    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
+    ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
     server = grpc.aio.server(
         interceptors=security.interceptors if security is not None else None,
@@ -165,6 +167,15 @@ async def start_grpc(
             kwargs["registry"] = registry
         start_http_server(metrics_port, **kwargs)
     runtime = Runtime(server, health_servicer, names, bound, metrics_port, registry)
+    if health_port:
+        # Kubernetes' gRPC probes cannot speak TLS: they ask this plaintext port, which serves
+        # grpc.health.v1 alone (the same statuses; health answers anyone anyway) and nothing else.
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        if probes.add_insecure_port(f"{host}:{health_port}") == 0:
+            raise OSError(f"cannot listen on {host}:{health_port}")
+        await probes.start()
+        runtime.on_close(lambda: probes.stop(0))
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
     return runtime

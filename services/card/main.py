@@ -38,6 +38,7 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         metrics_port=settings.card_metrics_port if metrics else None,
         registry=registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
     runtime.on_close(built.close)
     return runtime

@@ -22,13 +22,14 @@ from commands.messages import (
     UpdateCreditLimit,
 )
 from commands.state import CardState
-from contracts.errors import Declined, InvalidArgument, NotFound
+from contracts.errors import InvalidArgument, NotFound
 from contracts.ids import check_id
 from contracts.subjects import StreamNames
 from eventstore import EventStore
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from services.grpc_errors import translate_errors
 from services.intake import CommandHandler, CommandOutcome
+from services.outcomes import declined
 
 CARD_TYPES: Final = {
     card_pb2.CARD_TYPE_DEBIT: "debit",
@@ -67,10 +68,7 @@ def card_response(state: CardState, stream: str, now: datetime) -> card_pb2.Card
 def command_result(outcome: CommandOutcome) -> card_pb2.CommandResult:
     """Render the outcome of a lifecycle command (declines are raised as FAILED_PRECONDITION)."""
     if not outcome.accepted:
-        raise Declined(
-            outcome.reason,
-            f"{outcome.detail} (recorded at {outcome.stream}:{outcome.stream_sequence})",
-        )
+        raise declined(outcome)  # with the recorded outcome as typed details, like a payment
     return card_pb2.CommandResult(
         command_id=outcome.command_id,
         stream_sequence=outcome.stream_sequence,

@@ -2,7 +2,7 @@
 
 The cache is an optimisation only: every append is compare-and-set on the card's family
 (``card.<id>.>``) at the cached version, so a stale entry costs one conflict and a tail reload,
-never a wrong decision (docs/architecture.md).
+never a wrong decision (docs/architecture.md, §4.3).
 
 Memory is bounded twice: at most ``capacity`` cards, and at most ``budget_bytes`` of estimated
 state (``state_bytes``: a fixed part plus one share per open hold, refundable posting and ended

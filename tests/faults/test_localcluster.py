@@ -25,7 +25,9 @@ async def test_an_r3_stream_survives_kill_9_of_its_leader_and_a_follower(tmp_pat
             js = nc.jetstream()
             info = await js.stream_info("LC")
             assert info.config.num_replicas == 3
-            acked = [(await js.publish("lc.card.x.t", b"%d" % n, timeout=10)).seq for n in range(20)]
+            acked = [
+                (await js.publish("lc.card.x.t", b"%d" % n, timeout=10)).seq for n in range(20)
+            ]
             leader = cluster.wait_stream_leader("LC")
             cluster.kill(leader)
             assert leader not in cluster.alive()

@@ -137,7 +137,7 @@ async def connect_client(settings: Settings, name: str) -> NATS:
     try:
         await asyncio.wait_for(
             client.connect(
-                settings.nats_url,
+                nats_servers(settings.nats_url),
                 name=f"jetledger-{name}",
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
                 allow_reconnect=False,

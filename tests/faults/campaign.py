@@ -393,6 +393,7 @@ async def run_campaign(profile: Profile, root: Path, seed: int = 11) -> Report:
             derived,
             tables,
             settings.stream,
+            settings.subject_prefix,
             heads,
             receiver.keys,
             set(workload.card_ids[:webhook_cards]),

@@ -112,7 +112,7 @@ class Tables:
     ledger_position: int
     relay_position: int
     notifications: Counter[int]  # sequence -> rows with sub 0
-    notification_cards: dict[str, str]  # notification id -> card
+    notification_cards: dict[str, tuple[str, int]]  # notification id -> (card, sequence)
     notify_position: int
 
 
@@ -167,7 +167,7 @@ def read_tables(database_url: str, stream: str) -> Tables:
         ledger_position=int(position[0]) if position else 0,
         relay_position=int(relay[0]) if relay else 0,
         notifications=Counter(int(seq) for _, _, seq, sub in notes if int(sub) == 0),
-        notification_cards={str(n): str(c) for n, c, _, _ in notes},
+        notification_cards={str(n): (str(c), int(seq)) for n, c, seq, _ in notes},
         notify_position=int(notify_position[0]) if notify_position else 0,
     )
 
@@ -188,12 +188,15 @@ def check(
     derived: list[StreamMessage],
     tables: Tables,
     stream: str,
+    prefix: str,
     heads: tuple[int, int],
     deliveries: dict[str, set[str]] | None = None,
     webhook_cards: set[str] | None = None,
 ) -> Findings:
     found = Findings()
-    card_events = [m for m in source if ".card." in f".{m.subject}" and "command_id" in m.body]
+    card_events = [
+        m for m in source if m.subject.startswith(f"{prefix}card.") and "command_id" in m.body
+    ]
     by_command: dict[str, list[StreamMessage]] = defaultdict(list)
     for message in card_events:
         by_command[str(message.body["command_id"])].append(message)
@@ -203,7 +206,7 @@ def check(
     marker_at = {
         str(m.body["command_id"]): m.sequence
         for m in source
-        if ".command." in f".{m.subject}" and "command_id" in m.body
+        if m.subject.startswith(f"{prefix}command.") and "command_id" in m.body
     }
 
     # -- commands: stream and projections, exactly once -----------------------------------------
@@ -348,9 +351,14 @@ def check(
                 found.anomaly(
                     f"idempotency key {key} used for {len(notification_ids)} notifications"
                 )
-        for notification_id, card in tables.notification_cards.items():
-            if card not in webhook_cards:
-                continue
+        hooked: dict[str, int] = {}  # card -> sequence of its first webhook registration
+        for message in source:
+            for card in webhook_cards:
+                if message.subject.startswith(f"{prefix}notify.card.{card}."):
+                    hooked.setdefault(card, message.sequence)
+        for notification_id, (card, sequence) in tables.notification_cards.items():
+            if card not in hooked or sequence <= hooked[card]:
+                continue  # no endpoint yet when it was made
             if not keys_of.get(notification_id):
                 found.anomaly(f"notification {notification_id} never delivered")
             elif len(keys_of[notification_id]) > 1:

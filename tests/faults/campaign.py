@@ -373,7 +373,7 @@ async def run_campaign(profile: Profile, root: Path, seed: int = 11) -> Report:
         await asyncio.sleep(profile.gap)
         stop.set()
         await load
-        await asyncio.to_thread(nemesis.heal_all)
+        heal_errors = await asyncio.to_thread(nemesis.heal_all)
         retried = await workload.resolve_unknowns()
         _say(f"load stopped; {len(retried)} unknown outcomes retried; settling")
         settings = system.settings
@@ -410,7 +410,7 @@ async def run_campaign(profile: Profile, root: Path, seed: int = 11) -> Report:
             commands=sum(op.kind != "issue" for op in workload.log),
             duration=time.monotonic() - started,
             failovers=[f.failover for f in nemesis.faults if f.failover is not None],
-            fault_errors=[f"{f.kind}: {f.error}" for f in nemesis.faults if f.error],
+            fault_errors=[f"{f.kind}: {f.error}" for f in nemesis.faults if f.error] + heal_errors,
         )
     finally:
         await workload.close()

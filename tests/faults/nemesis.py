@@ -155,7 +155,7 @@ class Nemesis:
         Postgres COMMIT, before the ack; then restart it without the hook."""
         svc = self.system.services["ledger"]
         assert svc.proc is not None
-        svc.proc.terminate()
+        svc.proc.kill()  # the running ledger goes down hard too: the hook needs a fresh process
         svc.proc.wait(30)
         plain = dict(svc.env)
         svc.env = {**plain, "JETLEDGER_LEDGER_FAULT": "after_commit@3"}
@@ -209,8 +209,15 @@ class Nemesis:
                 svc.start()
             time.sleep(0.2)
 
-    def heal_all(self) -> None:
-        """After the campaign: every process up and every service SERVING."""
+    def heal_all(self) -> list[str]:
+        """After the campaign: every process up and every service SERVING; what failed to."""
+        try:
+            self._heal_all()
+        except Exception as exc:
+            return [f"heal: {type(exc).__name__}: {exc}"]
+        return []
+
+    def _heal_all(self) -> None:
         nats = self.system.nats
         if nats is not None and nats.proc is not None and nats.proc.poll() is not None:
             nats.start()
@@ -222,4 +229,4 @@ class Nemesis:
         if pg is not None and pg.proc is not None and pg.proc.poll() is not None:
             self._start_postgres()
         for name in self.system.services:
-            self.wait_serving(name)
+            self.wait_serving(name, within=120.0)

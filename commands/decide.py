@@ -52,7 +52,7 @@ from commands.messages import (
     UpdateCreditLimit,
     VoidTransaction,
 )
-from commands.state import CardState
+from commands.state import REFUNDABLE_POSTINGS, CardState
 from commands.validation import validate
 from contracts import accounts
 from contracts.errors import AlreadyExists, InvalidArgument, NotFound
@@ -321,7 +321,10 @@ def _refund(state: CardState, command: RefundTransaction, now: datetime) -> Deci
         return refusal
     posting = state.postings.get(command.original_transaction_id)
     if posting is None:
-        detail = "no such purchase or capture on this card"
+        detail = (
+            f"no such purchase or capture among the card's last {REFUNDABLE_POSTINGS} "
+            "(older ones are past the refund window)"
+        )
         return decline(state, command, now, "transaction_not_found", detail)
     if command.amount > posting.refundable:
         detail = f"refund {fmt(state, command.amount)} exceeds refundable {fmt(state, posting.refundable)}"

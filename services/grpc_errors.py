@@ -1,10 +1,12 @@
-"""The one table that maps domain errors to gRPC status codes, and the status boundary.
+"""The one table that maps domain errors to gRPC status codes (CONTRIBUTING.md, convention 7), and
+the status boundary.
 
 Servicers raise ``contracts.errors`` exceptions; ``translate_errors`` turns them into statuses.
-A decline carries its machine-readable reason in the trailing metadata key ``jetledger-reason``.
+A recorded decline also carries typed details in its ``google.rpc.Status`` (``services.outcomes``,
+docs/intake.md) and, for older clients, its reason in the trailing metadata key ``jetledger-reason``.
 ``StatusBoundary``, the outermost interceptor of every server, answers whatever escapes a servicer
-(undecodable bytes, unknown enum numbers, impossible timestamps, a dependency's outage) with INVALID_ARGUMENT, UNAVAILABLE
-or INTERNAL, never UNKNOWN, and never with an exception's class name in the message.
+(undecodable bytes, unknown enum numbers, impossible timestamps, a dependency's outage) with
+INVALID_ARGUMENT, UNAVAILABLE or INTERNAL, never UNKNOWN, and never with an exception's class name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any, Final, TypeVar, cast
 import grpc
 import nats.errors
 import psycopg
-from google.protobuf.message import Message
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from contracts.errors import (
     Aborted,
@@ -32,8 +37,11 @@ from contracts.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.outcomes import DETAIL_TYPES, declined_from
 
 REASON_METADATA_KEY: Final = "jetledger-reason"
+# google.rpc.Status with typed details, as grpcio-status (and every gRPC language) reads it
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
 STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -69,12 +77,42 @@ def status_for(error: LedgerError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def status_of(error: LedgerError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a call ends with for ``error``: code, message, typed details."""
+    details = error.details if isinstance(error, Declined) else ()
+    packed = []
+    for detail in details:
+        wrapped = any_pb2.Any()
+        wrapped.Pack(detail)  # type: ignore[arg-type]
+        packed.append(wrapped)
+    return status_pb2.Status(code=status_for(error).value[0], message=str(error), details=packed)
+
+
+def _unpacked(exc: grpc.RpcError) -> tuple[object, ...]:
+    """The typed details of a failed call that this client knows (none when it sent none)."""
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except (ValueError, DecodeError):  # details that contradict the call or do not parse
+        return ()
+    found: list[object] = []
+    for wrapped in status.details if status is not None else ():
+        for kind in DETAIL_TYPES:
+            if wrapped.Is(kind.DESCRIPTOR):
+                message = kind()
+                wrapped.Unpack(message)
+                found.append(message)
+    return tuple(found)
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError | grpc.RpcError) -> LedgerError:
     """Turn a failed call into the domain error it stands for (client side)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else grpc.StatusCode.UNKNOWN
     details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
     kind = ERROR_FOR.get(code, LedgerError)
     if kind is Declined:
+        structured = declined_from(_unpacked(exc))
+        if structured is not None:
+            return structured
         reason = _reason(exc) or "declined"
         # The status message is the server's str(Declined), "reason: detail"; the reason comes
         # from the trailer, so keep only the detail or the reason would be said twice.
@@ -104,9 +142,12 @@ def translate_errors(method: M) -> M:
         try:
             return await method(self, request, context)
         except LedgerError as exc:
+            trailing: list[tuple[str, str | bytes]] = []
             if isinstance(exc, Declined):
-                context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
-            await context.abort(status_for(exc), str(exc))
+                trailing.append((REASON_METADATA_KEY, exc.reason))
+                if exc.details:
+                    trailing.append((STATUS_DETAILS_KEY, status_of(exc).SerializeToString()))
+            await context.abort(status_for(exc), str(exc), tuple(trailing))
 
     return cast(M, wrapper)
 

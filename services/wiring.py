@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
-from services.security.config import nats_options
+from services.security.config import event_keyring, nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
@@ -99,7 +99,7 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
         )
     except TimeoutError as exc:
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
-    store = EventStore(nc, settings.streams)
+    store = EventStore(nc, settings.streams, keyring=event_keyring(settings))
     if not settings.security:
         await store.ensure_streams(
             replicas=settings.stream_replicas,
@@ -172,7 +172,7 @@ async def command_store(settings: Settings, name: str = "cli") -> AsyncIterator[
     """The event store of a one-shot command (``connect_client``: fails fast, in one line)."""
     nc = await connect_client(settings, name)
     try:
-        yield EventStore(nc, settings.streams)
+        yield EventStore(nc, settings.streams, keyring=event_keyring(settings))
     finally:
         with contextlib.suppress(Exception):
             await nc.close()

@@ -37,6 +37,7 @@ DeclineReason = Literal[
     "limit_below_utilisation",
     "limit_not_applicable",
     "balance_not_zero",
+    "balance_limit_exceeded",
 ]
 
 

@@ -341,7 +341,7 @@ class ProjectionRunner:
                 return False, None
             keyring = self.store.keyring
             if keyring is not None:
-                _refuse_unsealed(keyring, fresh)
+                refuse_unsealed(keyring, fresh)
             result = await self.projection.apply(conn, stream, fresh)
             tail = fresh[-1]
             await tracking.set_position(conn, schema, stream, tail.sequence, tail.time)
@@ -351,9 +351,10 @@ class ProjectionRunner:
         return True, result
 
 
-def _refuse_unsealed(keyring: Keyring, messages: Sequence[StoredMessage]) -> None:
+def refuse_unsealed(keyring: Keyring, messages: Sequence[StoredMessage]) -> None:
     """Raise ``Poison`` for the first message whose MAC does not check (``eventstore.integrity``):
-    a forged or altered event halts the projection like an undecodable one, before it is applied."""
+    a forged or altered event halts the projection like an undecodable one, before it is applied.
+    The live runner and both rebuilds (``jetledger replay``) call it."""
     for message in messages:
         verdict = check_stored(keyring, message)
         if verdict is not Verdict.VALID:

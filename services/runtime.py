@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from contracts.ids import mask_card_numbers
+from services.grpc_errors import StatusBoundary
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
@@ -131,7 +132,8 @@ async def start_grpc(
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
     server = grpc.aio.server(
-        interceptors=security.interceptors if security is not None else None,
+        # The status boundary first (outermost): it also wraps what the access interceptor does.
+        interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),

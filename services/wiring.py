@@ -58,6 +58,12 @@ async def _report(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 
 
+def nats_servers(url: str) -> list[str]:
+    """``JETLEDGER_NATS_URL`` may list several servers of one cluster, comma-separated: the client
+    starts from any of them (a node that is down at start-up is then no obstacle)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
     security is on); a failure is ``Unavailable`` with one line."""
@@ -68,7 +74,10 @@ async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     options.setdefault("error_cb", _report)
     try:
         return await nats.connect(
-            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
+            nats_servers(settings.nats_url),
+            name=f"jetledger-{name}",
+            **nats_options(settings),
+            **options,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
@@ -128,7 +137,7 @@ async def connect_client(settings: Settings, name: str) -> NATS:
     try:
         await asyncio.wait_for(
             client.connect(
-                settings.nats_url,
+                nats_servers(settings.nats_url),
                 name=f"jetledger-{name}",
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
                 allow_reconnect=False,

@@ -39,13 +39,13 @@ from typing import Any
 import grpc
 from rich.console import Console
 
-from bench.support import wait_serving
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.dev.ports import SERVICES, with_free_ports
 from services.dev.system import DevSystem
 from services.grpc_errors import REASON_METADATA_KEY
+from services.security.config import aio_channel
 from services.settings import Settings
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -278,8 +278,9 @@ async def _issue_cards(channel: grpc.aio.Channel, count: int, out: Console) -> l
 
 async def _drive(system: DevSystem, options: Options, out: Console) -> dict[str, Any]:
     endpoints = system.endpoints()
-    card_channel = grpc.aio.insecure_channel(endpoints["card"])
-    tx_channel = grpc.aio.insecure_channel(endpoints["transaction"])
+    # The system is secure by default: TLS and the operator's token (every role), as a user's.
+    card_channel = aio_channel(system.settings, endpoints["card"])
+    tx_channel = aio_channel(system.settings, endpoints["transaction"])
     stub = transaction_pb2_grpc.TransactionServiceStub(tx_channel)
     cards = await _issue_cards(card_channel, options.cards, out)
     workload = Workload(cards, options.seed)
@@ -427,15 +428,15 @@ async def _verify(system: DevSystem) -> list[str]:
 async def _answering(
     system: DevSystem, card_channel: grpc.aio.Channel, card_id: str
 ) -> dict[str, bool]:
-    endpoints = system.endpoints()
     found: dict[str, bool] = {}
     for name in SERVICES:
-        port = int(endpoints[name].rsplit(":", 1)[1])
-        try:
-            await wait_serving(port, within=15.0)
-            found[name] = True
-        except TimeoutError:
-            found[name] = False
+        # over TLS when the system is secure (the dev supervisor's own health check)
+        service, deadline = system.services[name], time.monotonic() + 15.0
+        while not (serving := await asyncio.to_thread(service.serving)):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        found[name] = serving
     try:
         stub = card_pb2_grpc.CardServiceStub(card_channel)
         await stub.GetCard(card_pb2.CardRequest(card_id=card_id), timeout=15)

@@ -1,8 +1,14 @@
-"""Per-card decision state, kept in memory and brought up to date from the card's stream family.
+"""Per-card decision state and the card's recent commands, kept in memory, read from its family.
 
 The cache is an optimisation only: every append is compare-and-set on the card's family
 (``card.<id>.>``) at the cached version, so a stale entry costs one conflict and a tail reload,
-never a wrong decision (DESIGN §5).
+never a wrong decision (docs/architecture.md, invariants).
+
+Next to the state, each card keeps a ``CommandLog``: the last ``recent`` commands recorded on it
+(every event carries its command's id, type and fingerprint), and a *horizon*: every command
+recorded on the card at a sequence above the horizon is in the log. A horizon of 0 means the log
+knows every command the card ever had; an older id is looked up in the command index
+(``services.intake.index``). Memory is bounded by cards × ``recent``, never by commands.
 """
 
 from __future__ import annotations
@@ -11,25 +17,117 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
 
 from commands.evolve import evolve
 from commands.state import EMPTY, CardState
 from contracts.codec import decode_event
-from contracts.events import SourceEvent
+from contracts.events import Event, TransactionDeclined
 from contracts.subjects import Subjects
 from eventstore import EventStore, Position
 
+RECENT_COMMANDS: Final = 32  # per card; older ids are found in the command index
+KNOWN_IDS: Final = 200_000  # process-wide id -> card, to refuse an id reused on another card
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One recorded command as its events tell it (a decline is a recorded outcome too)."""
+
+    command_id: str
+    command_type: str
+    fingerprint: str  # "" for events written before events carried it: ask the command index
+    card_id: str
+    outcome: str  # "accepted" | "declined"
+    reason: str
+    detail: str
+    sequence: int  # of the command's last event
+    at: datetime
+
+
+def recorded(event: Event, sequence: int) -> Recorded:
+    """The command record an event of it implies (the last event of a command wins)."""
+    if isinstance(event, TransactionDeclined):
+        return Recorded(
+            event.command_id,
+            event.command_type,
+            event.fingerprint,
+            event.card_id,
+            "declined",
+            event.reason,
+            event.detail,
+            sequence,
+            event.at,
+        )
+    return Recorded(
+        event.command_id,
+        event.command_type,
+        event.fingerprint,
+        event.card_id,
+        "accepted",
+        "",
+        "",
+        sequence,
+        event.at,
+    )
+
+
+class CommandLog:
+    """The recent commands of one card and the horizon below which the log may miss some."""
+
+    __slots__ = ("_recent", "capacity", "horizon")
+
+    def __init__(self, capacity: int = RECENT_COMMANDS, horizon: int = 0) -> None:
+        self._recent: OrderedDict[str, Recorded] = OrderedDict()
+        self.capacity = capacity
+        self.horizon = horizon
+
+    def get(self, command_id: str) -> Recorded | None:
+        """The record of ``command_id`` if the log holds it."""
+        return self._recent.get(command_id)
+
+    def add(self, record: Recorded) -> None:
+        """Remember a command (again, for its later events), forgetting the oldest past capacity."""
+        self._recent[record.command_id] = record
+        self._recent.move_to_end(record.command_id)
+        while len(self._recent) > self.capacity:
+            _, old = self._recent.popitem(last=False)
+            self.horizon = max(self.horizon, old.sequence)
+
+    def records(self) -> list[Recorded]:
+        """The records, oldest first."""
+        return list(self._recent.values())
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: CardState
+    log: CommandLog
+
 
 class CardStates:
-    """An LRU of card states plus one lock per card, so one process decides one card at a time."""
+    """An LRU of card states and command logs, plus one lock per card (one decider per card)."""
 
-    def __init__(self, store: EventStore, subjects: Subjects, capacity: int = 100_000) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        subjects: Subjects,
+        capacity: int = 100_000,
+        recent: int = RECENT_COMMANDS,
+    ) -> None:
         self._store = store
         self._subjects = subjects
         self._capacity = capacity
-        self._states: OrderedDict[str, CardState] = OrderedDict()
+        self._recent = recent
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
+        self._ids: OrderedDict[str, str] = OrderedDict()  # command id -> card id (bounded)
 
     @asynccontextmanager
     async def locked(self, card_id: str) -> AsyncIterator[None]:
@@ -47,43 +145,71 @@ class CardStates:
 
     async def current(self, card_id: str) -> CardState:
         """Return the card's state, reading only the events appended since the cached version."""
-        state = self._states.get(card_id, EMPTY)
+        entry = self._entries.get(card_id)
+        if entry is None:
+            entry = _Entry(EMPTY, CommandLog(self._recent))
+        state = entry.state
         loaded = await self._store.load(
             self._subjects.card_family(card_id), after_sequence=state.version
         )
         for message in loaded.messages:
-            state = evolve(state, decode_event(message.data), message.sequence)
-        self._remember(card_id, state)
+            event = decode_event(message.data)
+            state = evolve(state, event, message.sequence)
+            self._note(entry.log, recorded(event, message.sequence))
+        entry.state = state
+        self._remember(card_id, entry)
         return state
 
     async def known(self, card_id: str) -> CardState:
         """Return the cached state if there is one (it may be stale), else load it."""
-        state = self._states.get(card_id)
-        return await self.current(card_id) if state is None else state
+        entry = self._entries.get(card_id)
+        return await self.current(card_id) if entry is None else entry.state
 
     def cached(self, card_id: str) -> CardState:
         """Return the cached state (possibly stale, possibly empty) without reading the stream."""
-        return self._states.get(card_id, EMPTY)
+        entry = self._entries.get(card_id)
+        return EMPTY if entry is None else entry.state
+
+    def log(self, card_id: str) -> CommandLog:
+        """The card's command log as loaded so far (empty with horizon 0 if never loaded)."""
+        entry = self._entries.get(card_id)
+        return CommandLog(self._recent) if entry is None else entry.log
+
+    def card_of(self, command_id: str) -> str | None:
+        """The card a command id was last seen on by this process (bounded memory; may forget)."""
+        return self._ids.get(command_id)
 
     def applied(
         self,
         card_id: str,
         state: CardState,
-        events: Sequence[SourceEvent],
+        events: Sequence[Event],
         positions: Sequence[Position],
     ) -> CardState:
         """Evolve the cached state with events we just appended at ``positions``."""
+        entry = self._entries.get(card_id)
+        if entry is None or entry.state.version != state.version:
+            entry = _Entry(state, CommandLog(self._recent, horizon=state.version))
         for event, position in zip(events, positions, strict=False):
-            state = evolve(state, event, position.sequence)
-        self._remember(card_id, state)
+            state = evolve(state, event, position.sequence)  # type: ignore[arg-type]
+            self._note(entry.log, recorded(event, position.sequence))
+        entry.state = state
+        self._remember(card_id, entry)
         return state
 
     def forget(self, card_id: str) -> None:
         """Drop a card's cached state (the next decision reloads it)."""
-        self._states.pop(card_id, None)
+        self._entries.pop(card_id, None)
 
-    def _remember(self, card_id: str, state: CardState) -> None:
-        self._states[card_id] = state
-        self._states.move_to_end(card_id)
-        while len(self._states) > self._capacity:
-            self._states.popitem(last=False)
+    def _note(self, log: CommandLog, record: Recorded) -> None:
+        log.add(record)
+        self._ids[record.command_id] = record.card_id
+        self._ids.move_to_end(record.command_id)
+        if len(self._ids) > KNOWN_IDS:
+            self._ids.popitem(last=False)
+
+    def _remember(self, card_id: str, entry: _Entry) -> None:
+        self._entries[card_id] = entry
+        self._entries.move_to_end(card_id)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)

@@ -34,7 +34,7 @@ from services.settings import Settings
 
 
 def _id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"  # 16 hex digits can look like a card number
 
 
 async def _raw_publish_rate(nats_url: str, count: int) -> float:

@@ -52,7 +52,7 @@ class RaceResult:
 
 
 def _id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"  # 16 hex digits can look like a card number
 
 
 async def race(

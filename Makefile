@@ -58,8 +58,10 @@ proto: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m contracts.events_schema > contracts/schema/events.schema.json
 
+# The intake bench, against TigerBeetle when its binary is found (TIGERBEETLE=path to override).
+TIGERBEETLE ?= $(firstword $(wildcard ../shared/peers/tigerbeetle/tigerbeetle ../../shared/peers/tigerbeetle/tigerbeetle))
 bench: $(STAMP)
-	$(BIN)/python -m bench.eventstore_bench
+	$(BIN)/python -m bench.intake_bench $(if $(TIGERBEETLE),--tigerbeetle $(TIGERBEETLE))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

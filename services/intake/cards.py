@@ -14,6 +14,7 @@ knows every command the card ever had; an older id is looked up in the command i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from contracts.subjects import Subjects
 from eventstore import EventStore, Position
 
 RECENT_COMMANDS: Final = 32  # per card; older ids are found in the command index
+FORGOTTEN_BITS: Final = 16_384  # a 2 KiB Bloom filter of the ids a card's log forgot
+_HASHES: Final = 3
 KNOWN_IDS: Final = 200_000  # process-wide id -> card, to refuse an id reused on another card
 
 
@@ -75,14 +78,39 @@ def recorded(event: Event, sequence: int) -> Recorded:
 
 
 class CommandLog:
-    """The recent commands of one card and the horizon below which the log may miss some."""
+    """The recent commands of one card and the horizon below which the log may miss some.
 
-    __slots__ = ("_recent", "capacity", "horizon")
+    The ids the log forgets go into a fixed-size Bloom filter (2 KiB, allocated at the first
+    eviction): an id it does not contain was certainly never recorded on the card at or below the
+    horizon, so a new id costs no index lookup. A log that did not start from the card's first event
+    (``complete=False``) has no such filter and always asks. False positives (about 0.5 % at 1,000
+    forgotten ids, 20 % at 5,000) only cost the lookup.
+    """
+
+    __slots__ = ("_forgotten", "_recent", "capacity", "complete", "horizon")
 
     def __init__(self, capacity: int = RECENT_COMMANDS, horizon: int = 0) -> None:
         self._recent: OrderedDict[str, Recorded] = OrderedDict()
         self.capacity = capacity
         self.horizon = horizon
+        self.complete = horizon == 0  # every id at or below the horizon went through this log
+        self._forgotten: bytearray | None = None
+
+    def surely_absent(self, command_id: str) -> bool:
+        """Tell whether ``command_id`` was certainly not recorded at or below the horizon."""
+        if not self.complete:
+            return False
+        if self._forgotten is None:
+            return True
+        return not all(self._forgotten[b >> 3] & (1 << (b & 7)) for b in _bits(command_id))
+
+    def _forget(self, command_id: str) -> None:
+        if not self.complete:
+            return
+        if self._forgotten is None:
+            self._forgotten = bytearray(FORGOTTEN_BITS // 8)
+        for b in _bits(command_id):
+            self._forgotten[b >> 3] |= 1 << (b & 7)
 
     def get(self, command_id: str) -> Recorded | None:
         """The record of ``command_id`` if the log holds it."""
@@ -95,6 +123,7 @@ class CommandLog:
         while len(self._recent) > self.capacity:
             _, old = self._recent.popitem(last=False)
             self.horizon = max(self.horizon, old.sequence)
+            self._forget(old.command_id)
 
     def records(self) -> list[Recorded]:
         """The records, oldest first."""
@@ -102,6 +131,13 @@ class CommandLog:
 
     def __len__(self) -> int:
         return len(self._recent)
+
+
+def _bits(command_id: str) -> list[int]:
+    digest = hashlib.blake2b(command_id.encode(), digest_size=16).digest()
+    h1 = int.from_bytes(digest[:8], "little")
+    h2 = int.from_bytes(digest[8:], "little") | 1
+    return [(h1 + i * h2) % FORGOTTEN_BITS for i in range(_HASHES)]
 
 
 @dataclass(slots=True)

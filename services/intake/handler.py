@@ -200,7 +200,10 @@ class CommandHandler:
                 log = self.cards.log(card_id)
                 found = log.get(command_id)
                 if found is None and log.horizon > checked_to:
-                    found = await self._older(card_id, command_id, kind, checked_to, log.horizon)
+                    if not log.surely_absent(command_id):
+                        found = await self._older(
+                            card_id, command_id, kind, checked_to, log.horizon
+                        )
                     checked_to = log.horizon
                 if found is not None:
                     return await self._replay(found, print_, kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,6 +14,7 @@ from contracts.errors import AlreadyExists, NotFound
 from eventstore import EventStore, GroupCommitWriter
 from services.commandindex import HostedIndex, host_command_index
 from services.intake import CommandHandler
+from services.intake.cards import CommandLog, Recorded
 
 
 async def _index(database_url: str, store: EventStore, *, run: bool = True) -> HostedIndex:
@@ -79,7 +81,7 @@ async def test_old_ids_replay_after_the_log_forgot_them(
         await hosted.close()
 
 
-async def test_index_answers_reads_and_refuses_an_id_reused_on_another_card(
+async def test_the_index_answers_reads_from_any_process(
     store: EventStore, database_url: str
 ) -> None:
     hosted = await _index(database_url, store)
@@ -88,19 +90,32 @@ async def test_index_answers_reads_and_refuses_an_id_reused_on_another_card(
             first = CommandHandler(store, writer, store.names, index=hosted.reader, recent=1)
             ids = await _busy_card(first, "c1", 3)
             await _busy_card(first, "c2", 2)
-            await _caught_up(hosted, store)
-            # Another process, which never saw c1: the index knows the id belongs to c1.
-            other = CommandHandler(store, writer, store.names, index=hosted.reader, recent=1)
-            await _busy_card(other, "c3", 2)
-            with pytest.raises(AlreadyExists, match="on card 'c1'"):
-                await other.handle(
+            with pytest.raises(AlreadyExists, match="on card 'c1'"):  # this process saw it
+                await first.handle(
                     CreateTransaction(
-                        command_id=ids[0], card_id="c3", merchant_id="m", amount=1, currency="USD"
+                        command_id=ids[0], card_id="c2", merchant_id="m", amount=1, currency="USD"
                     )
                 )
+            await _caught_up(hosted, store)
+            # Another process, which never saw c1: the index knows the id and its card.
+            other = CommandHandler(store, writer, store.names, index=hosted.reader, recent=1)
             read = await other.outcome_of(ids[0])
             assert read.card_id == "c1" and not read.replayed and read.outcome == "accepted"
+            assert read.command_type == "fund_card"
             with pytest.raises(NotFound):
                 await other.outcome_of("never-sent")
     finally:
         await hosted.close()
+
+
+def test_a_log_forgets_ids_into_a_filter_that_never_misses_one() -> None:
+    log = CommandLog(capacity=4)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(3000):
+        log.add(Recorded(f"id-{n}", "fund_card", "f", "c", "accepted", "", "", n + 1, at))
+    assert log.horizon == 2996 and len(log) == 4
+    assert not any(log.surely_absent(f"id-{n}") for n in range(2996))  # forgotten ones
+    absent = sum(log.surely_absent(f"other-{n}") for n in range(3000))
+    assert absent > 2700  # false positives only cost a lookup; they stay rare
+    incomplete = CommandLog(capacity=4, horizon=10)
+    assert not incomplete.surely_absent("anything")

@@ -44,6 +44,7 @@ from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
     derived_stream_config,
+    snapshot_stream_config,
     source_stream_config,
 )
 from eventstore.publisher import BatchPublisher
@@ -178,6 +179,7 @@ class EventStore:
         for config in (
             source_stream_config(self.names, replicas, duplicate_window),
             derived_stream_config(self.names, replicas, duplicate_window),
+            snapshot_stream_config(self.names, replicas),
         ):
             await self._ensure_stream(config)
 

@@ -14,7 +14,9 @@ knows every command the card ever had; an older id is looked up in the command i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,12 +24,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+import msgspec
+
 from commands.evolve import evolve
 from commands.state import EMPTY, CardState
 from contracts.codec import decode_event
-from contracts.events import Event, TransactionDeclined
+from contracts.errors import LedgerError
+from contracts.events import Event, SourceEvent, TransactionDeclined
 from contracts.subjects import Subjects
-from eventstore import EventStore, Position
+from eventstore import EventStore, OutgoingMessage, Position
+from services.intake.snapshots import (
+    SNAPSHOT_EVERY,
+    Snapshot,
+    SnapshotRecord,
+    decode_snapshot,
+    encode_snapshot,
+)
+
+logger = logging.getLogger(__name__)
 
 RECENT_COMMANDS: Final = 32  # per card; older ids are found in the command index
 FORGOTTEN_BITS: Final = 16_384  # a 2 KiB Bloom filter of the ids a card's log forgot
@@ -129,6 +143,29 @@ class CommandLog:
         """The records, oldest first."""
         return list(self._recent.values())
 
+    def snapshot(self, state: CardState) -> Snapshot:
+        """This log and ``state`` as a snapshot."""
+        return Snapshot(
+            state=state,
+            horizon=self.horizon,
+            complete=self.complete,
+            recent=tuple(SnapshotRecord(*dataclasses.astuple(r)) for r in self._recent.values()),
+            forgotten=None if self._forgotten is None else bytes(self._forgotten),
+        )
+
+    @classmethod
+    def restored(cls, snapshot: Snapshot, capacity: int) -> CommandLog:
+        """The log a snapshot recorded."""
+        log = cls(capacity, snapshot.horizon)
+        log.complete = snapshot.complete
+        if snapshot.forgotten is not None and len(snapshot.forgotten) == FORGOTTEN_BITS // 8:
+            log._forgotten = bytearray(snapshot.forgotten)
+        elif snapshot.forgotten is not None:
+            log.complete = False  # another filter size: do not trust it
+        for record in snapshot.recent:
+            log.add(Recorded(*msgspec.structs.astuple(record)))
+        return log
+
     def __len__(self) -> int:
         return len(self._recent)
 
@@ -144,6 +181,18 @@ def _bits(command_id: str) -> list[int]:
 class _Entry:
     state: CardState
     log: CommandLog
+    since_snapshot: int = 0  # events applied since the last snapshot (or the full load)
+    snapshotting: bool = False
+
+
+@dataclass(slots=True)
+class LoadStats:
+    """Counters of cold loads (for tests and benchmarks)."""
+
+    cold_loads: int = 0
+    from_snapshot: int = 0
+    events_read: int = 0
+    snapshots_written: int = 0
 
 
 class CardStates:
@@ -155,11 +204,17 @@ class CardStates:
         subjects: Subjects,
         capacity: int = 100_000,
         recent: int = RECENT_COMMANDS,
+        snapshot_stream: str = "",
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> None:
         self._store = store
         self._subjects = subjects
         self._capacity = capacity
         self._recent = recent
+        self._snapshot_stream = snapshot_stream  # "" : no snapshots
+        self._snapshot_every = snapshot_every
+        self._background: set[asyncio.Task[None]] = set()
+        self.stats = LoadStats()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, int] = {}
@@ -183,7 +238,7 @@ class CardStates:
         """Return the card's state, reading only the events appended since the cached version."""
         entry = self._entries.get(card_id)
         if entry is None:
-            entry = _Entry(EMPTY, CommandLog(self._recent))
+            entry = await self._cold(card_id)
         state = entry.state
         loaded = await self._store.load(
             self._subjects.card_family(card_id), after_sequence=state.version
@@ -192,9 +247,59 @@ class CardStates:
             event = decode_event(message.data)
             state = evolve(state, event, message.sequence)
             self._note(entry.log, recorded(event, message.sequence))
+        self.stats.events_read += len(loaded.messages)
         entry.state = state
+        entry.since_snapshot += len(loaded.messages)
         self._remember(card_id, entry)
+        self._maybe_snapshot(card_id, entry)
         return state
+
+    async def _cold(self, card_id: str) -> _Entry:
+        """A new entry: from the card's latest snapshot if there is a usable one, else empty."""
+        self.stats.cold_loads += 1
+        if self._snapshot_stream:
+            try:
+                stored = await self._store.last_by_subject(
+                    self._subjects.card_snapshot(card_id), stream=self._snapshot_stream
+                )
+            except LedgerError:
+                # No snapshots stream, no permission, or NATS away (then the family read below
+                # fails too): load the whole family.
+                stored = None
+            snapshot = None if stored is None else decode_snapshot(stored.data)
+            if snapshot is not None and snapshot.state.card_id == card_id:
+                self.stats.from_snapshot += 1
+                log = CommandLog.restored(snapshot, self._recent)
+                for record in log.records():
+                    self._ids[record.command_id] = card_id
+                return _Entry(snapshot.state, log)
+        return _Entry(EMPTY, CommandLog(self._recent))
+
+    def _maybe_snapshot(self, card_id: str, entry: _Entry) -> None:
+        if (
+            not self._snapshot_stream
+            or entry.snapshotting
+            or entry.since_snapshot < self._snapshot_every
+        ):
+            return
+        entry.snapshotting = True
+        entry.since_snapshot = 0
+        message = OutgoingMessage(
+            subject=self._subjects.card_snapshot(card_id),
+            data=encode_snapshot(entry.log.snapshot(entry.state)),
+        )
+        task = asyncio.get_running_loop().create_task(self._write_snapshot(entry, message))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_snapshot(self, entry: _Entry, message: OutgoingMessage) -> None:
+        try:
+            await self._store.append(message)
+            self.stats.snapshots_written += 1
+        except Exception:  # a cache: a failed snapshot costs a longer cold load, nothing else
+            logger.debug("card snapshot not written", exc_info=True)
+        finally:
+            entry.snapshotting = False
 
     async def known(self, card_id: str) -> CardState:
         """Return the cached state if there is one (it may be stale), else load it."""
@@ -219,7 +324,7 @@ class CardStates:
         self,
         card_id: str,
         state: CardState,
-        events: Sequence[Event],
+        events: Sequence[SourceEvent],
         positions: Sequence[Position],
     ) -> CardState:
         """Evolve the cached state with events we just appended at ``positions``."""
@@ -227,10 +332,12 @@ class CardStates:
         if entry is None or entry.state.version != state.version:
             entry = _Entry(state, CommandLog(self._recent, horizon=state.version))
         for event, position in zip(events, positions, strict=False):
-            state = evolve(state, event, position.sequence)  # type: ignore[arg-type]
+            state = evolve(state, event, position.sequence)
             self._note(entry.log, recorded(event, position.sequence))
         entry.state = state
+        entry.since_snapshot += len(events)
         self._remember(card_id, entry)
+        self._maybe_snapshot(card_id, entry)
         return state
 
     def forget(self, card_id: str) -> None:

@@ -46,6 +46,7 @@ from eventstore import (
 )
 from services.intake.cards import RECENT_COMMANDS, CardStates, Recorded, recorded
 from services.intake.index import CommandIndex
+from services.intake.snapshots import SNAPSHOT_EVERY
 
 # Without a caller deadline, conflicts are retried this long before ABORTED.
 DEFAULT_CONFLICT_BUDGET: Final = 30.0
@@ -116,6 +117,8 @@ class CommandHandler:
         metrics: IntakeMetrics | None = None,
         index: CommandIndex | None = None,
         recent: int = RECENT_COMMANDS,
+        snapshots: bool = True,
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> None:
         self._store = store
         self._writer = writer
@@ -127,7 +130,13 @@ class CommandHandler:
         self._clock = clock
         self._metrics = metrics
         self._index = index
-        self.cards = CardStates(store, streams.subjects, recent=recent)
+        self.cards = CardStates(
+            store,
+            streams.subjects,
+            recent=recent,
+            snapshot_stream=streams.snapshots if snapshots else "",
+            snapshot_every=snapshot_every,
+        )
 
     async def handle(
         self, command: Command, *, deadline: float | None = None, validated: bool = False

@@ -119,3 +119,31 @@ def test_a_log_forgets_ids_into_a_filter_that_never_misses_one() -> None:
     assert absent > 2700  # false positives only cost a lookup; they stay rare
     incomplete = CommandLog(capacity=4, horizon=10)
     assert not incomplete.surely_absent("anything")
+
+
+async def test_cold_loads_start_from_a_snapshot_and_keep_every_answer(store: EventStore) -> None:
+    async with GroupCommitWriter(store) as writer:
+        first = CommandHandler(store, writer, store.names, recent=4, snapshot_every=10)
+        ids = await _busy_card(first, "c1", 25)
+        give_up = time.monotonic() + 30
+        while first.cards.stats.snapshots_written < 2:
+            assert time.monotonic() < give_up, "no snapshot was written"
+            await asyncio.sleep(0.05)
+        expected = await first.cards.current("c1")
+
+        later = CommandHandler(store, writer, store.names, recent=4)
+        assert await later.cards.current("c1") == expected
+        stats = later.cards.stats
+        assert stats.from_snapshot == 1 and stats.events_read < 10  # a bounded tail, not 26
+        # The snapshot carried the command log: old ids replay, recent ones too, new ones append.
+        for command_id in (ids[0], ids[12], ids[-1]):
+            again = await later.handle(_fund(command_id, "c1", 100))
+            assert again.replayed
+        with pytest.raises(AlreadyExists):
+            await later.handle(_fund(ids[3], "c1", 7))
+        new = await later.handle(_fund("c1-after", "c1", 100))
+        assert not new.replayed
+
+        blind = CommandHandler(store, writer, store.names, snapshots=False)
+        assert await blind.cards.current("c1") == await later.cards.current("c1")
+        assert blind.cards.stats.events_read == 27

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -33,9 +34,11 @@ import nats
 
 from bench.support import service_env, spawn_service, wait_serving
 from bench.tigerbeetle_peer import run_peer
+from eventstore import EventStore
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
+from services.intake.cards import CardStates
 from services.localservers import LocalNats, LocalPostgres, free_port
 from services.settings import Settings
 
@@ -287,11 +290,38 @@ async def _growth(
             f"growth: {done} commands over {len(cards)} cards in"
             f" {time.perf_counter() - started:.0f} s: nats-server RSS"
             f" {out[f'nats_rss_mb_after_{checkpoint}']} MB",
+            file=sys.stderr,
             flush=True,
         )
     if len(checkpoints) == 2:
         low, high = (out[f"nats_rss_mb_after_{c}"] for c in checkpoints)
         out["growth_ratio"] = round(float(high) / float(low), 2)  # type: ignore[arg-type]
+    out.update(await _cold_loads(nats_server.url, cards[:200]))
+    return out
+
+
+async def _cold_loads(nats_url: str, cards: list[str]) -> dict[str, object]:
+    """Cold-load p50/p99 of cards whose histories span the whole stream: snapshot + tail, or all."""
+    nc = await nats.connect(nats_url)
+    out: dict[str, object] = {}
+    try:
+        store = EventStore(nc, Settings().streams)
+        out["stream_messages"] = await store.last_sequence()
+        for label, stream in (("snapshot", store.names.snapshots), ("full", "")):
+            states = CardStates(store, store.names.subjects, snapshot_stream=stream)
+            latencies = []
+            for card_id in cards:
+                t0 = time.perf_counter()
+                await states.current(card_id)
+                latencies.append(time.perf_counter() - t0)
+            q = statistics.quantiles(latencies, n=100)
+            out[f"cold_load_{label}_p50_ms"] = round(q[49] * 1000, 2)
+            out[f"cold_load_{label}_p99_ms"] = round(q[98] * 1000, 2)
+            out[f"cold_load_{label}_events_per_card"] = round(
+                states.stats.events_read / len(cards), 1
+            )
+    finally:
+        await nc.close()
     return out
 
 

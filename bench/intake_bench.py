@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,7 +86,14 @@ async def _unary(
                 amount=tx.Money(amount=1, currency="USD"),
             )
             t0 = time.perf_counter()
-            await stub.next().CreateTransaction(request, timeout=30)
+            for attempt in range(6):
+                try:
+                    await stub.next().CreateTransaction(request, timeout=30)
+                    break
+                except grpc.aio.AioRpcError as exc:  # retryable: same id again (issue 10)
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
+                        raise
+                    await asyncio.sleep(0.1 * (attempt + 1))
             latencies.append(time.perf_counter() - t0)
 
     started = time.perf_counter()
@@ -101,6 +109,7 @@ async def _batched(
     concurrency: int,
 ) -> float:
     batches = total // batch
+    stats = {"retried": 0}
     queue: asyncio.Queue[int] = asyncio.Queue()
     for b in range(batches):
         queue.put_nowait(b)
@@ -122,15 +131,37 @@ async def _batched(
                 )
                 for i in range(batch)
             ]
-            reply = await stub.next().SubmitTransactions(
-                tx.SubmitTransactionsRequest(commands=commands), timeout=60
-            )
-            failed = [r for r in reply.results if r.outcome.outcome != tx.OUTCOME_ACCEPTED]
-            if failed:
-                raise RuntimeError(f"{len(failed)} commands not accepted, e.g. {failed[0]}")
+            for attempt in range(6):
+                reply = await stub.next().SubmitTransactions(
+                    tx.SubmitTransactionsRequest(commands=commands), timeout=60
+                )
+                # UNAVAILABLE is retryable: a client resends those commands with the same ids
+                # (the card lookup can time out on this loaded machine; issue 10).
+                retry = [
+                    c
+                    for c, r in zip(commands, reply.results, strict=True)
+                    if r.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
+                ]
+                failed = [
+                    r
+                    for r in reply.results
+                    if r.outcome.outcome != tx.OUTCOME_ACCEPTED
+                    and r.error_code != grpc.StatusCode.UNAVAILABLE.value[0]
+                ]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} commands not accepted, e.g. {failed[0]}")
+                if not retry:
+                    break
+                stats["retried"] += len(retry)
+                commands = retry
+                await asyncio.sleep(0.2 * (attempt + 1))
+            else:
+                raise RuntimeError(f"{len(commands)} commands still UNAVAILABLE after retries")
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if stats["retried"]:
+        print(f"({stats['retried']} UNAVAILABLE commands were retried)", file=sys.stderr)
     return batches * batch / (time.perf_counter() - started)
 
 
@@ -223,7 +254,11 @@ async def _stack(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(15)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
         nats_server.stop()
         if postgres is not None:
             postgres.stop()

@@ -89,9 +89,14 @@ def users(streams: StreamNames, *, preference_writer: str = "notification") -> l
     source, derived = streams.source, streams.derived
     common = ("$JS.API.INFO",)
     notify = (sub.all_notify, sub.all_commands)
-    intake = (f"{prefix}card.>", sub.all_commands, sub.all_notify)
+    # the intake also writes and reads its card snapshots (docs/intake.md, cold loads)
+    intake = (f"{prefix}card.>", sub.all_commands, sub.all_notify, *sub.snapshot_stream_subjects())
     found = [
-        NatsUser(name, (*intake, *common, *_reads(source)), (f"{inbox_prefix(name)}.>",))
+        NatsUser(
+            name,
+            (*intake, *common, *_reads(source), *_reads(streams.snapshots)),
+            (f"{inbox_prefix(name)}.>",),
+        )
         for name in INTAKE
     ]
     for name in PROJECTIONS:

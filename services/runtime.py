@@ -124,13 +124,11 @@ async def start_grpc(
     With ``security`` the server listens with TLS only and every call passes its access
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
     """
+    defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+    given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
         interceptors=security.interceptors if security is not None else None,
-        options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
+        options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
     for svc in services:

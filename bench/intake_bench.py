@@ -207,6 +207,7 @@ async def _stack(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     nats_server = LocalNats(store_dir=tmp / "nats").start()
     postgres = None if args.no_index else LocalPostgres(data_dir=tmp / "pg").start()
     settings = Settings(
+        security=False,  # a plain local NATS: measures the intake, not TLS
         nats_url=nats_server.url,
         database_url="" if postgres is None else postgres.url,
         log_format="console",

@@ -143,7 +143,12 @@ async def _runs(args: argparse.Namespace) -> list[RaceResult]:
     results: list[RaceResult] = []
     with tempfile.TemporaryDirectory(prefix="jetledger-race-") as tmp:
         nats_server = LocalNats(store_dir=Path(tmp) / "nats").start()
-        settings = Settings(nats_url=nats_server.url, log_format="console", log_level="WARNING")
+        settings = Settings(
+            security=False,  # a plain local NATS
+            nats_url=nats_server.url,
+            log_format="console",
+            log_level="WARNING",
+        )
         try:
             for processes in args.processes:
                 card_port = free_port()

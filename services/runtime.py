@@ -1,7 +1,7 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
 Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
 
-Shutdown order (DESIGN §3.10, issue 3): health goes NOT_SERVING first (load balancers stop
+Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
 """
 
@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from contracts.ids import mask_card_numbers
+from services.grpc_errors import StatusBoundary
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
@@ -84,6 +87,7 @@ class Runtime:
     names: Sequence[str]
     port: int
     metrics_port: int | None
+    registry: CollectorRegistry | None = None  # the service's metrics (tests read them directly)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -105,8 +109,9 @@ class Runtime:
         await self.set_serving(False)
         await self.server.stop(grace)
         for closer in reversed(self._closers):
+            # A closer that hangs (a drain on a dead connection) must not keep the process alive.
             with contextlib.suppress(Exception):
-                await closer()
+                await asyncio.wait_for(closer(), CLOSER_TIMEOUT)
 
 
 async def start_grpc(
@@ -118,16 +123,19 @@ async def start_grpc(
     registry: CollectorRegistry | None = None,
     options: Sequence[tuple[str, Any]] = (),
     security: ServerSecurity | None = None,
+    health_port: int = 0,
 ) -> Runtime:
     """Start an asyncio gRPC server hosting ``services`` plus health and reflection.
 
     With ``security`` the server listens with TLS only and every call passes its access
-    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
+    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
+    ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
     defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
     given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
-        interceptors=security.interceptors if security is not None else None,
+        # The status boundary first (outermost): it also wraps what the access interceptor does.
+        interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
         options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
@@ -158,7 +166,16 @@ async def start_grpc(
         if registry is not None:
             kwargs["registry"] = registry
         start_http_server(metrics_port, **kwargs)
-    runtime = Runtime(server, health_servicer, names, bound, metrics_port)
+    runtime = Runtime(server, health_servicer, names, bound, metrics_port, registry)
+    if health_port:
+        # Kubernetes' gRPC probes cannot speak TLS: they ask this plaintext port, which serves
+        # grpc.health.v1 alone (the same statuses; health answers anyone anyway) and nothing else.
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        if probes.add_insecure_port(f"{host}:{health_port}") == 0:
+            raise OSError(f"cannot listen on {host}:{health_port}")
+        await probes.start()
+        runtime.on_close(lambda: probes.stop(0))
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
     return runtime
@@ -177,6 +194,29 @@ async def wait_for_shutdown_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+DRAIN_GRACE: Final = 5.0  # in-flight RPCs get this long to finish after SIGTERM
+CLOSER_TIMEOUT: Final = 3.0  # each resource's close, after the drain
+SHUTDOWN_DEADLINE: Final = 15.0  # then the process exits whatever is still running
+
+
+def _exit_by(deadline: float, service: str) -> None:
+    """Make sure the process is gone ``deadline`` seconds from now, even if its loop is stuck.
+
+    A thread, not the event loop: a loop starved by CPU work or blocked in a call would never run
+    a timer of its own. 15 s is within every grace we deploy with (kustomize: 30 s minus a 5 s
+    preStop; ``jetledger dev``: 15 s before SIGKILL).
+    """
+
+    def force() -> None:
+        log.error("shutdown did not finish in time: exiting now", extra={"service": service})
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(deadline, force)
+    timer.daemon = True
+    timer.start()
+
+
 def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime]]) -> None:
     """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
     settings = Settings.from_env()
@@ -185,6 +225,7 @@ def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime
     async def serve() -> None:
         runtime = await start(settings)
         await wait_for_shutdown_signal()
-        await runtime.stop()
+        _exit_by(SHUTDOWN_DEADLINE, service)
+        await runtime.stop(DRAIN_GRACE)
 
     asyncio.run(serve())

@@ -2,7 +2,13 @@
 
 The cache is an optimisation only: every append is compare-and-set on the card's family
 (``card.<id>.>``) at the cached version, so a stale entry costs one conflict and a tail reload,
-never a wrong decision (docs/architecture.md, invariants).
+never a wrong decision (docs/architecture.md, §4.3).
+
+Memory is bounded twice: at most ``capacity`` cards, and at most ``budget_bytes`` of estimated
+state (``state_bytes``: a fixed part plus one share per open hold, refundable posting and ended
+hold, all of which are bounded per card by ``commands.state``; plus the card's command log).
+Least recently used cards leave first; a card that left is loaded again (snapshot + tail) when it
+is next used.
 
 Next to the state, each card keeps a ``CommandLog``: the last ``recent`` commands recorded on it
 (every event carries its command's id, type and fingerprint), and a *horizon*: every command
@@ -43,10 +49,20 @@ from services.intake.snapshots import (
 
 logger = logging.getLogger(__name__)
 
-RECENT_COMMANDS: Final = 32  # per card; older ids are found in the command index
+RECENT_COMMANDS: Final = 16  # per card; older ids are found through the filter and the index
 FORGOTTEN_BITS: Final = 16_384  # a 2 KiB Bloom filter of the ids a card's log forgot
 _HASHES: Final = 3
 KNOWN_IDS: Final = 200_000  # process-wide id -> card, to refuse an id reused on another card
+STATE_BASE_BYTES: Final = 1_200  # a state, its strings and its LRU slot (measured: ~1.1 KB)
+ENTRY_BYTES: Final = 260  # one hold, posting or ended hold: key, struct, dict slot (~230 B)
+RECORD_BYTES: Final = 450  # one command of a card's log: the record, its strings, a dict slot
+DEFAULT_BUDGET_BYTES: Final = 256 * 1024 * 1024
+
+
+def state_bytes(state: CardState) -> int:
+    """Estimate the memory one cached state holds (tests/unit/test_card_states.py measures it)."""
+    entries = len(state.holds) + len(state.postings) + len(state.closed_holds)
+    return STATE_BASE_BYTES + ENTRY_BYTES * entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +155,11 @@ class CommandLog:
             self.horizon = max(self.horizon, old.sequence)
             self._forget(old.command_id)
 
+    def estimated_bytes(self) -> int:
+        """The estimated memory of the log (its records and its filter)."""
+        forgotten = 0 if self._forgotten is None else len(self._forgotten)
+        return RECORD_BYTES * len(self._recent) + forgotten
+
     def records(self) -> list[Recorded]:
         """The records, oldest first."""
         return list(self._recent.values())
@@ -203,6 +224,7 @@ class CardStates:
         store: EventStore,
         subjects: Subjects,
         capacity: int = 100_000,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
         recent: int = RECENT_COMMANDS,
         snapshot_stream: str = "",
         snapshot_every: int = SNAPSHOT_EVERY,
@@ -210,6 +232,9 @@ class CardStates:
         self._store = store
         self._subjects = subjects
         self._capacity = capacity
+        self._budget = budget_bytes
+        self._bytes = 0
+        self._sizes: dict[str, int] = {}
         self._recent = recent
         self._snapshot_stream = snapshot_stream  # "" : no snapshots
         self._snapshot_every = snapshot_every
@@ -248,6 +273,12 @@ class CardStates:
             state = evolve(state, event, message.sequence)
             self._note(entry.log, recorded(event, message.sequence))
         self.stats.events_read += len(loaded.messages)
+        cached = self._entries.get(card_id)
+        if cached is not None and cached.state.version > state.version:
+            # A slower reader (a GetCard's catch-up) finished after a newer state was kept:
+            # never move a card backwards.
+            self._entries.move_to_end(card_id)
+            return cached.state
         entry.state = state
         entry.since_snapshot += len(loaded.messages)
         self._remember(card_id, entry)
@@ -328,11 +359,18 @@ class CardStates:
         positions: Sequence[Position],
     ) -> CardState:
         """Evolve the cached state with events we just appended at ``positions``."""
-        entry = self._entries.get(card_id)
-        if entry is None or entry.state.version != state.version:
-            entry = _Entry(state, CommandLog(self._recent, horizon=state.version))
+        decided_on = state.version
         for event, position in zip(events, positions, strict=False):
             state = evolve(state, event, position.sequence)
+        entry = self._entries.get(card_id)
+        if entry is not None and entry.state.version >= state.version and entry.state is not state:
+            # A late or older state never replaces a newer one (a GetCard's catch-up got there).
+            self._entries.move_to_end(card_id)
+            return entry.state
+        if entry is None or entry.state.version != decided_on:
+            # Not the state this log followed: the log knows nothing below the decision.
+            entry = _Entry(state, CommandLog(self._recent, horizon=decided_on))
+        for event, position in zip(events, positions, strict=False):
             self._note(entry.log, recorded(event, position.sequence))
         entry.state = state
         entry.since_snapshot += len(events)
@@ -343,6 +381,15 @@ class CardStates:
     def forget(self, card_id: str) -> None:
         """Drop a card's cached state (the next decision reloads it)."""
         self._entries.pop(card_id, None)
+        self._bytes -= self._sizes.pop(card_id, 0)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def estimated_bytes(self) -> int:
+        """The estimated memory of the cached states and logs (kept within ``budget_bytes``)."""
+        return self._bytes
 
     def _note(self, log: CommandLog, record: Recorded) -> None:
         log.add(record)
@@ -352,7 +399,13 @@ class CardStates:
             self._ids.popitem(last=False)
 
     def _remember(self, card_id: str, entry: _Entry) -> None:
+        size = state_bytes(entry.state) + entry.log.estimated_bytes()
+        self._bytes += size - self._sizes.get(card_id, 0)
+        self._sizes[card_id] = size
         self._entries[card_id] = entry
         self._entries.move_to_end(card_id)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        while len(self._entries) > 1 and (
+            len(self._entries) > self._capacity or self._bytes > self._budget
+        ):
+            evicted, _ = self._entries.popitem(last=False)
+            self._bytes -= self._sizes.pop(evicted)

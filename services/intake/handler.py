@@ -13,8 +13,8 @@ not commands (docs/intake.md, idempotency). Hence:
 - two replicas deciding the same id on the same card race on the family's compare-and-set: the
   loser reloads the tail, finds the winner's record and replays it;
 - a decision made on a stale view of the card (a freeze, a limit cut, another replica's purchase)
-  fails the family check: reload the tail and decide again, until the caller's deadline; ABORTED
-  only once it has passed.
+  fails the family check: reload the tail and decide again (docs/architecture.md, invariant 6),
+  until the caller's deadline; ABORTED only once it has passed.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class CommandHandler:
                 first = self.cards.log(other).get(command_id)
                 raise AlreadyExists(_reused(command_id, kind, other, first))
             # Decide on the cached state first: compare-and-set refuses it if the card moved, and
-            # only then do we pay for reading the family's tail.
+            # only then do we pay for reading the family's tail (docs/architecture.md, §4.3).
             fresh = False
             checked_to = 0  # ids recorded at or below this sequence were looked for already
             conflicts = 0

@@ -64,6 +64,7 @@ async def start(
         metrics_port=settings.transaction_metrics_port if metrics else None,
         registry=registry,
         security=server_security(settings),
+        health_port=settings.health_port,
         options=[("grpc.so_reuseport", 1)] if settings.transaction_reuse_port else (),
     )
     sweeper.start()

@@ -98,6 +98,11 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
             "GetCard calls answered (or refused) by the card service",
             registry=registry,
         )
+        self._fallbacks = Counter(
+            "jetledger_card_tail_reads_total",
+            "Card answers read from the stream's tail because the follower could not give them",
+            registry=registry,
+        )
         self._store = store
         self._stream = streams.source
         self._subjects = streams.subjects
@@ -106,6 +111,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         check_id(card_id, "card_id")
         state = await self._followed(card_id)
         if state is None:  # not followed, or the follower is behind: read the tail, exactly
+            self._fallbacks.inc()
             state = await self._handler.cards.current(card_id)
         if not state.exists:
             raise NotFound(f"card {card_id!r} does not exist")

@@ -29,6 +29,7 @@ from eventstore.model import Expectation, Loaded, OutgoingMessage, Position, Sto
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
     derived_stream_config,
+    snapshot_stream_config,
     source_stream_config,
 )
 from eventstore.reader import ReadBatch, SubjectFilter, Subscription
@@ -56,6 +57,7 @@ __all__ = [
     "check_batch",
     "derived_stream_config",
     "headers",
+    "snapshot_stream_config",
     "source_stream_config",
     "subject_matches",
 ]

@@ -8,6 +8,7 @@ projections use consumers read on lean connections of their own (``eventstore.re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -44,6 +45,7 @@ from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
     derived_stream_config,
+    snapshot_stream_config,
     source_stream_config,
 )
 from eventstore.publisher import BatchPublisher
@@ -52,6 +54,9 @@ from eventstore.wire import WireOptions
 from eventstore.workers import read_batches_in_worker
 
 DEFAULT_TIMEOUT: Final = 5.0
+# While a request waits for its answer, the connection is checked this often: a request whose
+# connection dropped fails as ``StoreUnavailable`` at once instead of waiting out its timeout.
+LOST_CHECK_SECONDS: Final = 0.1
 READ_BATCH: Final = 1000
 
 
@@ -142,6 +147,34 @@ class EventStore:
         self._js = nc.jetstream(timeout=timeout)
         self._nuid = NUID()
 
+    # -- connection ------------------------------------------------------------------------------
+
+    def _ensure_connected(self) -> None:
+        """Fail fast while the client is reconnecting (a request would only wait for its timeout)."""
+        if not self.nc.is_connected:
+            raise StoreUnavailable("NATS is unreachable (reconnecting); try again")
+
+    async def _request(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """``nc.request`` that gives up as soon as the connection drops (outcome unknown)."""
+        self._ensure_connected()
+        task = asyncio.ensure_future(
+            self.nc.request(subject, data, timeout=self.timeout, headers=headers)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=LOST_CHECK_SECONDS)
+                if done:
+                    return task.result()
+                if not self.nc.is_connected:
+                    raise StoreUnavailable(
+                        "the connection to NATS was lost while waiting; the outcome is unknown"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+
     # -- provisioning -----------------------------------------------------------------------------
 
     async def ensure_streams(
@@ -151,6 +184,7 @@ class EventStore:
         for config in (
             source_stream_config(self.names, replicas, duplicate_window),
             derived_stream_config(self.names, replicas, duplicate_window),
+            snapshot_stream_config(self.names, replicas),
         ):
             await self._ensure_stream(config)
 
@@ -176,12 +210,7 @@ class EventStore:
         """Append one message; a duplicate ``msg_id`` returns the original's position."""
         (msg,) = stamp((msg,))
         try:
-            reply = await self.nc.request(
-                msg.subject,
-                msg.data,
-                timeout=self.timeout,
-                headers=message_headers(msg, self.keyring),
-            )
+            reply = await self._request(msg.subject, msg.data, message_headers(msg, self.keyring))
         except Exception as exc:
             raise translate(exc, expectations([msg])) from exc
         ack = self._decode_ack(reply, [msg])
@@ -196,6 +225,7 @@ class EventStore:
         """Send an already checked atomic batch (see ``append_batch``)."""
         if not msgs:
             raise InvalidBatch("an atomic batch needs at least one message")
+        self._ensure_connected()
         batch_id = self._nuid.next().decode()
         last = len(msgs)
         try:
@@ -209,9 +239,7 @@ class EventStore:
                     await self.nc.publish(msg.subject, msg.data, headers=headers)
                 else:
                     headers[h.BATCH_COMMIT] = h.BATCH_COMMIT_STORE
-                    reply = await self.nc.request(
-                        msg.subject, msg.data, timeout=self.timeout, headers=headers
-                    )
+                    reply = await self._request(msg.subject, msg.data, headers)
         except Exception as exc:
             raise translate(exc, expectations(msgs)) from exc
         ack = self._decode_ack(reply, msgs)
@@ -265,13 +293,24 @@ class EventStore:
         inbox = self.nc.new_inbox()
         request = _json.encode({"seq": start, "next_by_subj": subject_filter, "batch": batch})
         out: list[StoredMessage] = []
+        self._ensure_connected()
         deadline = time.monotonic() + self.timeout
         try:
             sub = await self.nc.subscribe(inbox, pending_msgs_limit=batch + 8)
             try:
                 await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
                 while True:
-                    msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+                    left = max(deadline - time.monotonic(), 0.001)
+                    try:
+                        msg = await sub.next_msg(timeout=min(left, LOST_CHECK_SECONDS))
+                    except TimeoutError:
+                        if not self.nc.is_connected:
+                            raise StoreUnavailable(
+                                "the connection to NATS was lost during a read; try again"
+                            ) from None
+                        if time.monotonic() >= deadline:
+                            raise
+                        continue
                     status = msg.headers.get(h.STATUS) if msg.headers else None
                     if status is None:
                         if not out and msg.headers and h.NUM_PENDING not in msg.headers:
@@ -299,9 +338,7 @@ class EventStore:
         """Return the last message stored under a subject (or filter), or None."""
         stream = stream or self.names.source
         try:
-            reply = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
-            )
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
         except Exception as exc:
             raise translate(exc) from exc
         status = reply.headers.get(h.STATUS) if reply.headers else None
@@ -324,9 +361,7 @@ class EventStore:
         stream = stream or self.names.source
         request = _json.encode({"seq": after + 1, "next_by_subj": subject_filter})
         try:
-            reply = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.timeout
-            )
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
         except Exception as exc:
             raise translate(exc) from exc
         status = reply.headers.get(h.STATUS) if reply.headers else None

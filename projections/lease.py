@@ -96,13 +96,21 @@ class Lease:
             await self._close()
             raise Deposed(f"lease connection lost: {exc}") from exc
 
-    async def check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """In a batch transaction: raise ``Deposed`` unless our epoch is still the current one."""
-        cur = await conn.execute(
+    def epoch_query(self) -> tuple[sql.Composed, tuple[str]]:
+        """The statement (and its parameters) ``check_epoch`` runs: the runner pipelines it with
+        the batch's first statements and hands the row to ``verify_epoch``."""
+        return (
             sql.SQL("SELECT epoch FROM {} WHERE projection = %s FOR SHARE").format(self._table),
             (self.name,),
         )
-        row = await cur.fetchone()
+
+    async def check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """In a batch transaction: raise ``Deposed`` unless our epoch is still the current one."""
+        cur = await conn.execute(*self.epoch_query())
+        self.verify_epoch(await cur.fetchone())
+
+    def verify_epoch(self, row: tuple[Any, ...] | None) -> None:
+        """Raise ``Deposed`` unless ``row`` (of ``epoch_query``) holds our epoch."""
         if row is None or int(row[0]) != self.epoch:
             raise Deposed(f"epoch {self.epoch} superseded by {None if row is None else row[0]}")
 

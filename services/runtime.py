@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from contracts.ids import mask_card_numbers
+from services.grpc_errors import StatusBoundary
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
@@ -130,13 +131,12 @@ async def start_grpc(
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
+    defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+    given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
-        interceptors=security.interceptors if security is not None else None,
-        options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
+        # The status boundary first (outermost): it also wraps what the access interceptor does.
+        interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
+        options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
     for svc in services:

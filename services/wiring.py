@@ -25,6 +25,7 @@ from services.security.config import event_keyring, nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
+RECONNECT_WAIT_SECONDS: Final = 0.2  # between reconnect attempts (nats-py's default is 2 s)
 FIRST_CONNECT_DEADLINE = 20.0  # seconds; a supervisor (k8s, `jetledger dev`) restarts us after it
 
 
@@ -58,6 +59,12 @@ async def _report(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 
 
+def nats_servers(url: str) -> list[str]:
+    """``JETLEDGER_NATS_URL`` may list several servers of one cluster, comma-separated: the client
+    starts from any of them (a node that is down at start-up is then no obstacle)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
     security is on); a failure is ``Unavailable`` with one line."""
@@ -68,7 +75,10 @@ async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     options.setdefault("error_cb", _report)
     try:
         return await nats.connect(
-            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
+            nats_servers(settings.nats_url),
+            name=f"jetledger-{name}",
+            **nats_options(settings),
+            **options,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
@@ -85,7 +95,15 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     # first connection a deadline so a wrong URL is a clear error, not an endless retry.
     try:
         nc = await asyncio.wait_for(
-            connect_nats(settings, name, max_reconnect_attempts=-1, connect_timeout=2),
+            connect_nats(
+                settings,
+                name,
+                max_reconnect_attempts=-1,
+                connect_timeout=2,
+                # nats-py waits 2 s between attempts by default: a restarted server would stay
+                # unused for seconds. Commands fail fast meanwhile (EventStore checks the link).
+                reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+            ),
             timeout=FIRST_CONNECT_DEADLINE,
         )
     except TimeoutError as exc:
@@ -128,7 +146,7 @@ async def connect_client(settings: Settings, name: str) -> NATS:
     try:
         await asyncio.wait_for(
             client.connect(
-                settings.nats_url,
+                nats_servers(settings.nats_url),
                 name=f"jetledger-{name}",
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
                 allow_reconnect=False,

@@ -50,6 +50,7 @@ from commands import (
 )
 from contracts.errors import AlreadyExists, LedgerError
 from contracts.events import SourceEvent
+from contracts.money import MAX_CARD_BALANCE
 
 CARDS = ("c1", "c2", "c3")
 # ``commands.evolve`` the module (the package exports a function of that name).
@@ -165,9 +166,11 @@ class Model:
         if currency and currency != card.currency:
             return "currency_mismatch"
         if isinstance(cmd, FundCard):
-            return ""
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, AdjustBalance):
-            return "insufficient_funds" if -cmd.amount > card.available(now) else ""
+            if -cmd.amount > card.available(now):
+                return "insufficient_funds"
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, CaptureTransaction | VoidTransaction):
             h = card.holds.get(cmd.authorization_id)
             if h is None:
@@ -187,7 +190,9 @@ class Model:
             p = card.posted.get(cmd.original_transaction_id)
             if p is None:
                 return "transaction_not_found"
-            return "refund_exceeds_captured" if cmd.amount > p[0] - p[1] else ""
+            if cmd.amount > p[0] - p[1]:
+                return "refund_exceeds_captured"
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, FreezeCard):
             return "card_already_frozen" if card.status == "frozen" else ""
         if isinstance(cmd, UnfreezeCard):

@@ -131,14 +131,12 @@ async def start_grpc(
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
+    defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+    given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
         # The status boundary first (outermost): it also wraps what the access interceptor does.
         interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
-        options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
+        options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
     for svc in services:

@@ -132,8 +132,9 @@ async def start_grpc(
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
     server = grpc.aio.server(
-        # The status boundary first (outermost): it also wraps what the access interceptor does.
-        interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
+        # Access first (an unauthenticated caller learns nothing, not even that its bytes were
+        # bad), then the status boundary around the servicer (it supplies the deserializer).
+        interceptors=[*(security.interceptors if security is not None else ()), StatusBoundary()],
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),

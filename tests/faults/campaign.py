@@ -210,6 +210,7 @@ def _start_system(
         overrides = {"nats_url": cluster.urls, "stream_replicas": 3}
     settings = Settings(
         data_dir=root / "data",
+        security=False,  # the campaign is about faults; tests/e2e/test_security.py covers access
         stream=f"FC{token}",
         derived_stream=f"FC{token}_DERIVED",
         subject_prefix=f"fc{token}.",

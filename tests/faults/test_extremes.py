@@ -39,6 +39,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     token = uuid.uuid4().hex[:8]
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("extremes") / "data",
+        security=False,
         stream=f"EX{token}",
         derived_stream=f"EX{token}_DERIVED",
         subject_prefix=f"ex{token}.",

@@ -63,8 +63,8 @@ class Profile:
 PROFILES = {
     "short-single": Profile("short-single", False, 30, 900, 24, 1, 1.5, 0.5),
     "short-cluster": Profile("short-cluster", True, 30, 500, 16, 2, 1.5, 0.5),
-    "long-single": Profile("long-single", False, 100, 50_000, 400, 20, 1.0, 1.0),
-    "long-cluster": Profile("long-cluster", True, 100, 50_000, 400, 20, 2.0, 1.0),
+    "long-single": Profile("long-single", False, 80, 50_000, 400, 20, 1.0, 1.0),
+    "long-cluster": Profile("long-cluster", True, 80, 50_000, 400, 20, 2.0, 1.0),
 }
 
 

@@ -59,8 +59,10 @@ proto: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m contracts.events_schema > contracts/schema/events.schema.json
 
+# The intake bench, against TigerBeetle when its binary is found (TIGERBEETLE=path to override).
+TIGERBEETLE ?= $(firstword $(wildcard ../shared/peers/tigerbeetle/tigerbeetle ../../shared/peers/tigerbeetle/tigerbeetle))
 bench: $(STAMP)
-	$(BIN)/python -m bench.eventstore_bench
+	$(BIN)/python -m bench.intake_bench $(if $(TIGERBEETLE),--tigerbeetle $(TIGERBEETLE))
 
 # The fault campaign's long profile (docs/faults.md): >= 20 faults of each kind over >= 50,000
 # commands, on one node and on a 3-node NATS cluster; prints the table, fails on any finding.

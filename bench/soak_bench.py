@@ -37,15 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
-from bench.support import wait_serving
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.dev.ports import SERVICES, with_free_ports
 from services.dev.system import DevSystem
 from services.grpc_errors import REASON_METADATA_KEY
+from services.security.config import aio_channel, secure_locally
 from services.settings import Settings
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -278,8 +279,9 @@ async def _issue_cards(channel: grpc.aio.Channel, count: int, out: Console) -> l
 
 async def _drive(system: DevSystem, options: Options, out: Console) -> dict[str, Any]:
     endpoints = system.endpoints()
-    card_channel = grpc.aio.insecure_channel(endpoints["card"])
-    tx_channel = grpc.aio.insecure_channel(endpoints["transaction"])
+    # TLS and the operator's token when the system is secure, as `jetledger dev` is by default.
+    card_channel = aio_channel(system.settings, endpoints["card"])
+    tx_channel = aio_channel(system.settings, endpoints["transaction"])
     stub = transaction_pb2_grpc.TransactionServiceStub(tx_channel)
     cards = await _issue_cards(card_channel, options.cards, out)
     workload = Workload(cards, options.seed)
@@ -404,7 +406,7 @@ def _status_name(code: int) -> str:
     return f"STATUS_{code}"
 
 
-async def _wait_caught_up(urls: Sequence[str], within: float = 300.0) -> float:
+async def _wait_caught_up(urls: Sequence[str], within: float = 1800.0) -> float:
     """Seconds until the projections report no lag (or -1 if they never did)."""
     started = time.perf_counter()
     while time.perf_counter() - started < within:
@@ -430,12 +432,7 @@ async def _answering(
     endpoints = system.endpoints()
     found: dict[str, bool] = {}
     for name in SERVICES:
-        port = int(endpoints[name].rsplit(":", 1)[1])
-        try:
-            await wait_serving(port, within=15.0)
-            found[name] = True
-        except TimeoutError:
-            found[name] = False
+        found[name] = await _serving(system, endpoints[name])
     try:
         stub = card_pb2_grpc.CardServiceStub(card_channel)
         await stub.GetCard(card_pb2.CardRequest(card_id=card_id), timeout=15)
@@ -445,6 +442,21 @@ async def _answering(
     for name in ("nats", "postgres"):
         found[name] = name in rss
     return found
+
+
+async def _serving(system: DevSystem, target: str) -> bool:
+    """Whether the gRPC server at ``target`` reports SERVING within 15 s."""
+    async with aio_channel(system.settings, target) as channel:
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        for _ in range(15):
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(1.0)
+    return False
 
 
 def _result(
@@ -509,7 +521,9 @@ def _line(window: Window) -> str:
 
 def run(options: Options, data_dir: Path, out: Console) -> dict[str, Any]:
     """Start the system in ``data_dir``, soak it, stop it; return the result object."""
-    settings = with_free_ports(Settings(data_dir=data_dir / ".jetledger", log_format="json"))
+    settings = secure_locally(
+        with_free_ports(Settings(data_dir=data_dir / ".jetledger", log_format="json"))
+    )
     with DevSystem(settings, fresh=True) as system:
         out.print(f"system up: {', '.join(sorted(system.pids()))}")
         return asyncio.run(_drive(system, options, out))

@@ -58,6 +58,12 @@ class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
     card_id: str
     command_id: str
     at: datetime  # when it was decided (UTC); the effective time of any legs
+    # The recorded command (docs/intake.md, idempotency): its type tag and the sha256 fingerprint of
+    # its payload as sent. Every event of a command carries both, so the card's own history answers
+    # "was this id used, with which payload, with which outcome" and no marker subject is needed.
+    # Empty in events written before they existed (the intake then asks the command index).
+    command_type: str = ""
+    fingerprint: str = ""
 
 
 # --- card lifecycle: card.<card_id>.<suffix> ------------------------------------------------------
@@ -223,13 +229,15 @@ SOURCE_EVENT_TYPES: tuple[type[Event], ...] = (
     TransactionDeclined,
 )
 
-# --- the idempotency marker: command.<command_id> -------------------------------------------------
+# --- the legacy idempotency marker: command.<command_id> ------------------------------------------
 
 
 class CommandRecorded(msgspec.Struct, frozen=True, tag_field="type", tag="command.recorded.v1"):
-    """The outcome marker of a command, appended atomically with the command's events.
+    """The outcome marker of a command, appended atomically with the command's events (legacy).
 
-    It is the first and only message on ``command.<command_id>`` (expected subject sequence 0), so a
+    Money and card commands no longer write it: their events carry the command id and fingerprint
+    (``Event.command_type``, ``Event.fingerprint``), and the command index projection indexes both
+    kinds. Notification preferences still write it. It is the first and only message on ``command.<command_id>`` (expected subject sequence 0), so a
     retry with the same id at any later time finds it, compares ``fingerprint`` (a hash of the
     normalised command, id excluded) and returns the original outcome.
     """

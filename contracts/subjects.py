@@ -7,6 +7,8 @@ Subjects go broad → narrow. With the default empty prefix:
   the money events of the card's account
 - ``command.<command_id>`` — the idempotency/outcome marker of a command (one message, ever)
 - ``ledger.entry_created.<account_id>`` — derived journal entries (ledger projection outbox)
+- ``snapshot.card.<card_id>`` — the intake's snapshot of a card's decision state (its own stream,
+  ``<source>_SNAPSHOTS``, one message kept per subject; derived, never the source of truth)
 - ``notify.card.<card_id>.preferences_set|webhook_set|webhook_removed`` — a card's notification
   preferences; ``notify.default.…`` — the operator's global default (source stream)
 
@@ -48,6 +50,14 @@ class Subjects:
     def command_marker(self, command_id: str) -> str:
         """The outcome marker subject of one command id."""
         return f"{self.prefix}command.{check_id(command_id, 'command_id')}"
+
+    def card_snapshot(self, card_id: str) -> str:
+        """The snapshot subject of one card (snapshots stream; only the latest is kept)."""
+        return f"{self.prefix}snapshot.card.{check_id(card_id, 'card_id')}"
+
+    def snapshot_stream_subjects(self) -> list[str]:
+        """The subjects the snapshots stream captures."""
+        return [f"{self.prefix}snapshot.>"]
 
     @property
     def all_cards(self) -> str:
@@ -110,3 +120,8 @@ class StreamNames:
     source: str = "LEDGER"
     derived: str = "LEDGER_DERIVED"
     subjects: Subjects = Subjects()
+
+    @property
+    def snapshots(self) -> str:
+        """The stream of card snapshots (``<source>_SNAPSHOTS``): a cache, rebuildable any time."""
+        return f"{self.source}_SNAPSHOTS"

@@ -21,6 +21,7 @@ from eventstore.errors import (
     InvalidBatch,
     StoreError,
     StoreUnavailable,
+    TamperedEvent,
     WrongLastSequence,
 )
 from eventstore.groupcommit import GroupCommitWriter, WriterStats
@@ -29,6 +30,7 @@ from eventstore.model import Expectation, Loaded, OutgoingMessage, Position, Sto
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
     derived_stream_config,
+    snapshot_stream_config,
     source_stream_config,
 )
 from eventstore.reader import ReadBatch, SubjectFilter, Subscription
@@ -51,11 +53,13 @@ __all__ = [
     "StoredMessage",
     "SubjectFilter",
     "Subscription",
+    "TamperedEvent",
     "WriterStats",
     "WrongLastSequence",
     "check_batch",
     "derived_stream_config",
     "headers",
+    "snapshot_stream_config",
     "source_stream_config",
     "subject_matches",
 ]

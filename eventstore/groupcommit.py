@@ -1,11 +1,12 @@
 """``GroupCommitWriter``: coalesce concurrent commands into atomic batches, one fsync for many.
 
-A *unit* is one command's messages (its events and its outcome marker); it is all-or-nothing.
+A *unit* is one command's messages (its events); it is all-or-nothing.
 Units submitted concurrently are packed, in arrival order, into ADR-50 atomic batches of at most
 ``max_batch`` messages, with up to ``max_inflight`` batches awaiting their ack at once. There is no
 linger: a batch leaves as soon as a slot is free, so a lone command waits for one round trip and
 one fsync, and under load each batch carries whatever arrived while the previous ones were in
-flight.
+flight. A batch of a single message (a lone one-event command) is sent as a plain publish with the
+same checks: one message is atomic anyway, and it skips the server's batch staging.
 
 Two rules keep batching from changing what a command means:
 
@@ -26,8 +27,8 @@ what keeps a hot card cheap when many commands raced on the same version.
 
 A batch the server dropped under load (too many in flight) stored nothing either and is retried
 with backoff. Any other error (timeout, lost connection) fails every unit of that batch with the
-translated error: the outcome is then unknown, and a retried command is safe because its marker
-(expected sequence 0) rejects a second copy.
+translated error: the outcome is then unknown, and a retried command is safe because its family
+check rejects a second copy (the intake then finds the first in the card's history).
 """
 
 from __future__ import annotations
@@ -209,7 +210,12 @@ class GroupCommitWriter:
         while True:
             self.stats.batches += 1
             try:
-                positions = await self._store.send_batch(msgs)
+                if len(msgs) == 1:
+                    # One message is atomic by itself: a plain publish (same checks) skips the
+                    # server's batch staging, a fixed cost that dominates a lone command.
+                    positions = [await self._store.append(msgs[0])]
+                else:
+                    positions = await self._store.send_batch(msgs)
             except BatchRejected as exc:
                 self.stats.failed_batches += 1
                 if retries >= len(_REJECTED_BACKOFF):

@@ -8,6 +8,7 @@ projections use consumers read on lean connections of their own (``eventstore.re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -36,14 +37,16 @@ from eventstore.errors import (
     InvalidBatch,
     StoreError,
     StoreUnavailable,
+    TamperedEvent,
     from_api_error,
     translate,
 )
-from eventstore.integrity import Keyring, stamp
+from eventstore.integrity import Keyring, Verdict, check_stored, stamp
 from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
     derived_stream_config,
+    snapshot_stream_config,
     source_stream_config,
 )
 from eventstore.publisher import BatchPublisher
@@ -52,6 +55,9 @@ from eventstore.wire import WireOptions
 from eventstore.workers import read_batches_in_worker
 
 DEFAULT_TIMEOUT: Final = 5.0
+# While a request waits for its answer, the connection is checked this often: a request whose
+# connection dropped fails as ``StoreUnavailable`` at once instead of waiting out its timeout.
+LOST_CHECK_SECONDS: Final = 0.1
 READ_BATCH: Final = 1000
 
 
@@ -142,6 +148,34 @@ class EventStore:
         self._js = nc.jetstream(timeout=timeout)
         self._nuid = NUID()
 
+    # -- connection ------------------------------------------------------------------------------
+
+    def _ensure_connected(self) -> None:
+        """Fail fast while the client is reconnecting (a request would only wait for its timeout)."""
+        if not self.nc.is_connected:
+            raise StoreUnavailable("NATS is unreachable (reconnecting); try again")
+
+    async def _request(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """``nc.request`` that gives up as soon as the connection drops (outcome unknown)."""
+        self._ensure_connected()
+        task = asyncio.ensure_future(
+            self.nc.request(subject, data, timeout=self.timeout, headers=headers)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=LOST_CHECK_SECONDS)
+                if done:
+                    return task.result()
+                if not self.nc.is_connected:
+                    raise StoreUnavailable(
+                        "the connection to NATS was lost while waiting; the outcome is unknown"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+
     # -- provisioning -----------------------------------------------------------------------------
 
     async def ensure_streams(
@@ -151,6 +185,7 @@ class EventStore:
         for config in (
             source_stream_config(self.names, replicas, duplicate_window),
             derived_stream_config(self.names, replicas, duplicate_window),
+            snapshot_stream_config(self.names, replicas),
         ):
             await self._ensure_stream(config)
 
@@ -176,12 +211,7 @@ class EventStore:
         """Append one message; a duplicate ``msg_id`` returns the original's position."""
         (msg,) = stamp((msg,))
         try:
-            reply = await self.nc.request(
-                msg.subject,
-                msg.data,
-                timeout=self.timeout,
-                headers=message_headers(msg, self.keyring),
-            )
+            reply = await self._request(msg.subject, msg.data, message_headers(msg, self.keyring))
         except Exception as exc:
             raise translate(exc, expectations([msg])) from exc
         ack = self._decode_ack(reply, [msg])
@@ -196,6 +226,7 @@ class EventStore:
         """Send an already checked atomic batch (see ``append_batch``)."""
         if not msgs:
             raise InvalidBatch("an atomic batch needs at least one message")
+        self._ensure_connected()
         batch_id = self._nuid.next().decode()
         last = len(msgs)
         try:
@@ -209,9 +240,7 @@ class EventStore:
                     await self.nc.publish(msg.subject, msg.data, headers=headers)
                 else:
                     headers[h.BATCH_COMMIT] = h.BATCH_COMMIT_STORE
-                    reply = await self.nc.request(
-                        msg.subject, msg.data, timeout=self.timeout, headers=headers
-                    )
+                    reply = await self._request(msg.subject, msg.data, headers)
         except Exception as exc:
             raise translate(exc, expectations(msgs)) from exc
         ack = self._decode_ack(reply, msgs)
@@ -256,7 +285,23 @@ class EventStore:
             # CAS built on ``last_sequence`` is right even if the caller's number was not.
             found = await self.last_by_subject(subject_filter, stream=stream)
             last = 0 if found is None else found.sequence
+        self._refuse_tampered(messages)
         return Loaded(stream, messages, last)
+
+    def _refuse_tampered(self, messages: Sequence[StoredMessage]) -> None:
+        """With a keyring, the write path's reads fail closed on a message whose MAC does not
+        check: ``load`` (a card's history) and ``last_by_subject`` of a literal subject (a
+        command's outcome marker) — what commands decide on."""
+        keyring = self.keyring
+        if keyring is None:
+            return
+        for message in messages:
+            verdict = check_stored(keyring, message)
+            if verdict is not Verdict.VALID:
+                raise TamperedEvent(
+                    f"{message.stream}:{message.sequence} ({message.subject}): MAC"
+                    f" {verdict.value}; nothing is decided on it (see `jetledger verify`)"
+                )
 
     async def _direct_batch(
         self, stream: str, start: int, subject_filter: str, batch: int
@@ -265,13 +310,24 @@ class EventStore:
         inbox = self.nc.new_inbox()
         request = _json.encode({"seq": start, "next_by_subj": subject_filter, "batch": batch})
         out: list[StoredMessage] = []
+        self._ensure_connected()
         deadline = time.monotonic() + self.timeout
         try:
             sub = await self.nc.subscribe(inbox, pending_msgs_limit=batch + 8)
             try:
                 await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
                 while True:
-                    msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+                    left = max(deadline - time.monotonic(), 0.001)
+                    try:
+                        msg = await sub.next_msg(timeout=min(left, LOST_CHECK_SECONDS))
+                    except TimeoutError:
+                        if not self.nc.is_connected:
+                            raise StoreUnavailable(
+                                "the connection to NATS was lost during a read; try again"
+                            ) from None
+                        if time.monotonic() >= deadline:
+                            raise
+                        continue
                     status = msg.headers.get(h.STATUS) if msg.headers else None
                     if status is None:
                         if not out and msg.headers and h.NUM_PENDING not in msg.headers:
@@ -299,14 +355,17 @@ class EventStore:
         """Return the last message stored under a subject (or filter), or None."""
         stream = stream or self.names.source
         try:
-            reply = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=self.timeout
-            )
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"")
         except Exception as exc:
             raise translate(exc) from exc
         status = reply.headers.get(h.STATUS) if reply.headers else None
         if status is None:
-            return stored_from_direct(reply)
+            found = stored_from_direct(reply)
+            if "*" not in subject and ">" not in subject:
+                # a literal subject is read to decide on (a command's outcome marker); a filter
+                # asks where a stream or family ends (verify, rebuilds), whatever is there
+                self._refuse_tampered((found,))
+            return found
         if status == "404":
             return None
         if status == "503":
@@ -324,9 +383,7 @@ class EventStore:
         stream = stream or self.names.source
         request = _json.encode({"seq": after + 1, "next_by_subj": subject_filter})
         try:
-            reply = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.timeout
-            )
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}", request)
         except Exception as exc:
             raise translate(exc) from exc
         status = reply.headers.get(h.STATUS) if reply.headers else None

@@ -75,3 +75,24 @@ def derived_stream_config(
         duplicate_window,
         "jetledger derived events: ledger entries published by the ledger projection's outbox",
     )
+
+
+def snapshot_stream_config(names: StreamNames, replicas: int = 1) -> StreamConfig:
+    """Return the configuration of the snapshots stream: the latest snapshot of each card only.
+
+    A cache of the intake's card states (``services.intake.snapshots``): one message per subject,
+    so broker memory grows with cards; losing it costs full loads, never a wrong decision.
+    """
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    return StreamConfig(
+        name=names.snapshots,
+        description="jetledger card snapshots: the intake's decision state at a source sequence",
+        subjects=names.subjects.snapshot_stream_subjects(),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.OLD,
+        allow_direct=True,
+    )

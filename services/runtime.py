@@ -131,15 +131,13 @@ async def start_grpc(
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
+    defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+    given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
         # Access first (an unauthenticated caller learns nothing, not even that its bytes were
         # bad), then the status boundary around the servicer (it supplies the deserializer).
         interceptors=[*(security.interceptors if security is not None else ()), StatusBoundary()],
-        options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
+        options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
     for svc in services:

@@ -40,6 +40,9 @@ class Settings:
     host: str = "127.0.0.1"
     card_port: int = 50051
     transaction_port: int = 50052
+    # Let several transaction-service processes listen on transaction_port (SO_REUSEPORT; the
+    # kernel spreads connections over them). Off by default: a busy port is then an error.
+    transaction_reuse_port: bool = False
     ledger_port: int = 50053
     notification_port: int = 50054
     card_metrics_port: int = 9461

@@ -25,6 +25,7 @@ from services.security.config import event_keyring, nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
+RECONNECT_WAIT_SECONDS: Final = 0.2  # between reconnect attempts (nats-py's default is 2 s)
 FIRST_CONNECT_DEADLINE = 20.0  # seconds; a supervisor (k8s, `jetledger dev`) restarts us after it
 
 
@@ -94,7 +95,15 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     # first connection a deadline so a wrong URL is a clear error, not an endless retry.
     try:
         nc = await asyncio.wait_for(
-            connect_nats(settings, name, max_reconnect_attempts=-1, connect_timeout=2),
+            connect_nats(
+                settings,
+                name,
+                max_reconnect_attempts=-1,
+                connect_timeout=2,
+                # nats-py waits 2 s between attempts by default: a restarted server would stay
+                # unused for seconds. Commands fail fast meanwhile (EventStore checks the link).
+                reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+            ),
             timeout=FIRST_CONNECT_DEADLINE,
         )
     except TimeoutError as exc:

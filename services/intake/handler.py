@@ -1,36 +1,41 @@
 """The command handler: validate, decide on exact state, append atomically, replay retries.
 
-One command becomes one *unit* for the group-commit writer: its events on the card's family
-(the first carrying compare-and-set on ``card.<id>.>`` at the version decided on) followed by its
-outcome marker on ``command.<id>`` (expected subject sequence 0). The unit is all-or-nothing, so:
+One command becomes one *unit* for the group-commit writer: its events on the card's family, the
+first carrying compare-and-set on ``card.<id>.>`` at the version decided on. Every event names its
+command (id, type tag, payload fingerprint), and a decline is an event too, so the card's own history
+is the record of its commands: there is no per-command subject, and broker memory grows with cards,
+not commands (docs/intake.md, idempotency). Hence:
 
-- a retry of a command, however late, fails the marker check and replays the recorded outcome
-  (a decline included) — or is ALREADY_EXISTS when the payload differs (docs/architecture.md, invariant 5);
+- a retry of a command finds its record in the card's command log (recent commands, in memory) or,
+  for older ids, in the command index (a projection with a position; "absent" is trusted only up
+  to that position, the card's family is read above it): it replays the recorded outcome (a decline
+  included), or is ALREADY_EXISTS naming the original command when the payload differs;
+- two replicas deciding the same id on the same card race on the family's compare-and-set: the
+  loser reloads the tail, finds the winner's record and replays it;
 - a decision made on a stale view of the card (a freeze, a limit cut, another replica's purchase)
-  fails the family check: reload the tail and decide again (docs/architecture.md, invariant 6), at most
-  ``max_retries`` times, then ABORTED.
-
-A failed check names no culprit (err_code 10071 either way), so after a conflict we read the
-marker: present means "retry", absent means "the card moved".
+  fails the family check: reload the tail and decide again (docs/architecture.md, invariant 6),
+  until the caller's deadline; ABORTED only once it has passed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from commands.decide import decide
-from commands.decision import Decision
 from commands.messages import AuthorizeTransaction, Command, command_type, fingerprint
 from commands.validation import validate
-from contracts.codec import decode_marker, encode, event_type
-from contracts.errors import Aborted, AlreadyExists, NotFound
-from contracts.events import CommandRecorded, SourceEvent
+from contracts.codec import decode_event, decode_marker, encode
+from contracts.errors import Aborted, AlreadyExists, NotFound, Unavailable
+from contracts.events import SourceEvent
 from contracts.subjects import StreamNames
 from eventstore import (
     EventStore,
@@ -39,7 +44,14 @@ from eventstore import (
     OutgoingMessage,
     WrongLastSequence,
 )
-from services.intake.cards import CardStates
+from services.intake.cards import RECENT_COMMANDS, CardStates, Recorded, recorded
+from services.intake.index import CommandIndex
+from services.intake.snapshots import SNAPSHOT_EVERY
+
+# Without a caller deadline, conflicts are retried this long before ABORTED.
+DEFAULT_CONFLICT_BUDGET: Final = 30.0
+# How long GetCommandOutcome waits for the command index to reach the stream's last card event.
+INDEX_CATCH_UP_SECONDS: Final = 5.0
 
 # Latency buckets reach well below a millisecond: a group-committed append is ~1-3 ms here.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -80,7 +92,7 @@ class CommandOutcome:
     reason: str
     detail: str
     stream: str
-    stream_sequence: int  # of the outcome marker: the last message of the command's batch
+    stream_sequence: int  # of the command's last event
     decided_at: datetime
     replayed: bool = False
 
@@ -99,26 +111,45 @@ class CommandHandler:
         streams: StreamNames,
         *,
         hold_ttl: timedelta = timedelta(days=7),
-        max_retries: int = 8,
+        max_retries: int | None = None,
+        conflict_budget: float = DEFAULT_CONFLICT_BUDGET,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: IntakeMetrics | None = None,
+        index: CommandIndex | None = None,
+        recent: int = RECENT_COMMANDS,
+        snapshots: bool = True,
+        snapshot_every: int = SNAPSHOT_EVERY,
     ) -> None:
         self._store = store
         self._writer = writer
         self._streams = streams
         self._subjects = streams.subjects
         self._hold_ttl = hold_ttl
-        self._max_retries = max_retries
+        self._max_retries = max_retries  # None: retry conflicts until the deadline
+        self._budget = conflict_budget
         self._clock = clock
         self._metrics = metrics
-        self.cards = CardStates(store, streams.subjects)
+        self._index = index
+        self.cards = CardStates(
+            store,
+            streams.subjects,
+            recent=recent,
+            snapshot_stream=streams.snapshots if snapshots else "",
+            snapshot_every=snapshot_every,
+        )
 
-    async def handle(self, command: Command) -> CommandOutcome:
-        """Decide and record ``command``, or replay its recorded outcome; raise on bad input."""
+    async def handle(
+        self, command: Command, *, deadline: float | None = None, validated: bool = False
+    ) -> CommandOutcome:
+        """Decide and record ``command``, or replay its recorded outcome; raise on bad input.
+
+        ``deadline`` is a ``time.monotonic()`` instant (the caller's): conflicts are retried until
+        then. ``validated`` skips validation the caller already did.
+        """
         started = time.perf_counter()
         kind = command_type(command)
         try:
-            result = await self._handle(validate(command))
+            result = await self._handle(command if validated else validate(command), deadline)
         except Exception as exc:
             if self._metrics is not None:
                 self._metrics.commands.labels(kind, type(exc).__name__).inc()
@@ -130,125 +161,180 @@ class CommandHandler:
         return result
 
     async def outcome_of(self, command_id: str) -> CommandOutcome:
-        """Return the recorded outcome of any command ever handled; ``NotFound`` if none."""
-        found = await self._marker(command_id)
-        if found is None:
-            raise NotFound(f"no command with id {command_id!r} was ever recorded")
-        marker, sequence = found
-        return self._from_marker(marker, sequence, replayed=True)
+        """Return the recorded outcome of any command ever handled; ``NotFound`` if none.
 
-    async def _handle(self, command: Command) -> CommandOutcome:
+        A plain read: ``replayed`` is False. Recent commands of this process answer from memory;
+        the rest from the command index, once it has read up to the stream's last card event.
+        """
+        card_id = self.cards.card_of(command_id)
+        if card_id is not None:
+            record = self.cards.log(card_id).get(command_id)
+            if record is not None and record.fingerprint:
+                return self._outcome(record, replayed=False)
+        if self._index is None:
+            raise NotFound(f"no command with id {command_id!r} is known to this intake")
+        give_up = time.monotonic() + INDEX_CATCH_UP_SECONDS
+        while True:
+            answer = await self._index.find(command_id)
+            if answer.found is not None:
+                return self._outcome(answer.found, replayed=False)
+            later = await self._store.next_sequence(self._subjects.all_cards, answer.position)
+            if later is None:
+                raise NotFound(f"no command with id {command_id!r} was ever recorded")
+            if time.monotonic() >= give_up:
+                raise Unavailable("the command index is behind the stream; try again in a moment")
+            await asyncio.sleep(0.05)
+
+    async def _handle(self, command: Command, deadline: float | None) -> CommandOutcome:
         print_ = fingerprint(command)  # of the command as sent, before server-side defaults
+        kind = command_type(command)
         if isinstance(command, AuthorizeTransaction) and command.expires_at is None:
             command = msgspec.structs.replace(command, expires_at=self._clock() + self._hold_ttl)
         card_id = command.card_id
+        command_id = command.command_id
+        if deadline is None:
+            deadline = time.monotonic() + self._budget
         async with self.cards.locked(card_id):
+            other = self.cards.card_of(command_id)
+            if other is not None and other != card_id:
+                first = self.cards.log(other).get(command_id)
+                raise AlreadyExists(_reused(command_id, kind, other, first))
             # Decide on the cached state first: compare-and-set refuses it if the card moved, and
             # only then do we pay for reading the family's tail (docs/architecture.md, §4.3).
             fresh = False
-            for _ in range(self._max_retries + 1):
+            checked_to = 0  # ids recorded at or below this sequence were looked for already
+            conflicts = 0
+            while True:
                 state = await (self.cards.current(card_id) if fresh else self.cards.known(card_id))
+                log = self.cards.log(card_id)
+                found = log.get(command_id)
+                if found is None and log.horizon > checked_to:
+                    if not log.surely_absent(command_id):
+                        found = await self._older(
+                            card_id, command_id, kind, checked_to, log.horizon
+                        )
+                    checked_to = log.horizon
+                if found is not None:
+                    return await self._replay(found, print_, kind)
                 try:
                     decision = decide(state, command, self._clock())
                 except (NotFound, AlreadyExists):
-                    # An IssueCard retried after success sees its own card: replay, not an error.
-                    replay = await self._replay(command, print_)
-                    if replay is not None:
-                        return replay
                     if not fresh:  # the cache may predate the card's issue (or another replica's)
                         fresh = True
                         continue
                     raise
-                marker = self._marker_for(command, print_, decision)
-                unit = self._unit(command, state.version, decision.events, marker)
+                events = tuple(
+                    msgspec.structs.replace(e, command_type=kind, fingerprint=print_)
+                    for e in decision.events
+                )
+                if not events:
+                    raise AssertionError(f"decide() recorded nothing for {kind}")
                 try:
-                    positions = await self._writer.submit(unit)
+                    positions = await self._writer.submit(
+                        self._unit(card_id, state.version, events)
+                    )
                 except WrongLastSequence:
-                    replay = await self._replay(command, print_)
-                    if replay is not None:
-                        return replay
+                    conflicts += 1
                     if self._metrics is not None:
                         self._metrics.conflicts.inc()
+                    over = self._max_retries is not None and conflicts > self._max_retries
+                    if over or time.monotonic() >= deadline:
+                        raise Aborted(
+                            f"command {command_id!r} kept conflicting on card {card_id!r} until"
+                            f" its deadline ({conflicts} attempts); it was not recorded"
+                        ) from None
+                    if conflicts > 2:  # replicas racing one card: spread them out a little
+                        await asyncio.sleep(random.uniform(0, min(0.001 * conflicts, 0.02)))
                     fresh = True  # the card moved: read the tail we did not see, decide again
                     continue
-                self.cards.applied(card_id, state, decision.events, positions)
-                return self._from_marker(marker, positions[-1].sequence, replayed=False)
-        raise Aborted(
-            f"command {command.command_id!r} kept conflicting on card {card_id!r} "
-            f"after {self._max_retries} retries"
-        )
+                self.cards.applied(card_id, state, events, positions)
+                return self._outcome(recorded(events[-1], positions[-1].sequence), replayed=False)
 
-    def _marker_for(self, command: Command, print_: str, decision: Decision) -> CommandRecorded:
-        return CommandRecorded(
-            command_id=command.command_id,
-            command_type=command_type(command),
-            fingerprint=print_,
-            outcome=decision.outcome,
-            card_id=command.card_id,
-            at=_decided_at(decision.events, self._clock),
-            reason=decision.reason,
-            detail=decision.detail,
-            event_types=tuple(event_type(e) for e in decision.events),
+    async def _older(
+        self, card_id: str, command_id: str, kind: str, above: int, upto: int
+    ) -> Recorded | None:
+        """Find ``command_id`` among the card's commands recorded in (above, upto]."""
+        start = above
+        if self._index is not None:
+            answer = await self._index.find(command_id)
+            if answer.found is not None:
+                if answer.found.card_id != card_id:
+                    raise AlreadyExists(
+                        _reused(command_id, kind, answer.found.card_id, answer.found)
+                    )
+                return answer.found
+            if answer.position >= upto:
+                return None  # the index has read past every command the log forgot
+            start = max(start, answer.position)
+        # The index is behind (or absent): read the part of the card's history it has not seen.
+        loaded = await self._store.load(self._subjects.card_family(card_id), after_sequence=start)
+        found: Recorded | None = None
+        for message in loaded.messages:
+            if message.sequence > upto:
+                break
+            event = decode_event(message.data)
+            if event.command_id == command_id:
+                found = recorded(event, message.sequence)
+        return found
+
+    async def _replay(self, record: Recorded, print_: str, kind: str) -> CommandOutcome:
+        if not record.fingerprint:  # written before events carried it: its marker has it
+            record = await self._legacy(record)
+        if record.fingerprint != print_:
+            raise AlreadyExists(
+                f"id {record.command_id!r} was already used by a {record.command_type} command"
+                f" on card {record.card_id!r} with a different payload (this request is a {kind})"
+            )
+        return self._outcome(record, replayed=True)
+
+    async def _legacy(self, record: Recorded) -> Recorded:
+        stored = await self._store.last_by_subject(self._subjects.command_marker(record.command_id))
+        if stored is None:
+            raise Unavailable(f"the record of command {record.command_id!r} is incomplete")
+        marker = decode_marker(stored.data)
+        return Recorded(
+            record.command_id,
+            marker.command_type,
+            marker.fingerprint,
+            marker.card_id,
+            marker.outcome,
+            marker.reason,
+            marker.detail,
+            stored.sequence,
+            marker.at,
         )
 
     def _unit(
-        self,
-        command: Command,
-        version: int,
-        events: tuple[SourceEvent, ...],
-        marker: CommandRecorded,
+        self, card_id: str, version: int, events: tuple[SourceEvent, ...]
     ) -> list[OutgoingMessage]:
-        family = Expectation(self._subjects.card_family(command.card_id), version)
-        unit = [
+        family = Expectation(self._subjects.card_family(card_id), version)
+        return [
             OutgoingMessage(
-                subject=self._subjects.card_event(command.card_id, event),
+                subject=self._subjects.card_event(card_id, event),
                 data=encode(event),
                 expect=family if index == 0 else None,
             )
             for index, event in enumerate(events)
         ]
-        marker_subject = self._subjects.command_marker(command.command_id)
-        unit.append(
-            OutgoingMessage(
-                subject=marker_subject, data=encode(marker), expect=Expectation(marker_subject, 0)
-            )
-        )
-        return unit
 
-    async def _marker(self, command_id: str) -> tuple[CommandRecorded, int] | None:
-        stored = await self._store.last_by_subject(self._subjects.command_marker(command_id))
-        if stored is None:
-            return None
-        return decode_marker(stored.data), stored.sequence
-
-    async def _replay(self, command: Command, print_: str) -> CommandOutcome | None:
-        found = await self._marker(command.command_id)
-        if found is None:
-            return None
-        marker, sequence = found
-        if marker.fingerprint != print_:
-            raise AlreadyExists(
-                f"id {command.command_id!r} was already used for a different "
-                f"{marker.command_type} command (on card {marker.card_id!r})"
-            )
-        return self._from_marker(marker, sequence, replayed=True)
-
-    def _from_marker(
-        self, marker: CommandRecorded, sequence: int, *, replayed: bool
-    ) -> CommandOutcome:
+    def _outcome(self, record: Recorded, *, replayed: bool) -> CommandOutcome:
         return CommandOutcome(
-            command_id=marker.command_id,
-            command_type=marker.command_type,
-            card_id=marker.card_id,
-            outcome=marker.outcome,
-            reason=marker.reason,
-            detail=marker.detail,
+            command_id=record.command_id,
+            command_type=record.command_type,
+            card_id=record.card_id,
+            outcome=record.outcome,
+            reason=record.reason,
+            detail=record.detail,
             stream=self._streams.source,
-            stream_sequence=sequence,
-            decided_at=marker.at,
+            stream_sequence=record.sequence,
+            decided_at=record.at,
             replayed=replayed,
         )
 
 
-def _decided_at(events: tuple[SourceEvent, ...], clock: Callable[[], datetime]) -> datetime:
-    return events[0].at if events else clock()
+def _reused(command_id: str, kind: str, card_id: str, first: Recorded | None) -> str:
+    what = f"a {first.command_type} command" if first is not None else "a command"
+    return (
+        f"id {command_id!r} was already used by {what} on card {card_id!r}"
+        f" (this request is a {kind} on another card)"
+    )

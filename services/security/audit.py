@@ -9,6 +9,7 @@ before they apply it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
@@ -68,12 +69,12 @@ async def audit_stream(
         filters = subjects.source_stream_subjects()
 
     async def messages() -> AsyncIterable[StoredMessage]:
-        async for message in store.replay(
-            subject_filters=filters, stream=stream, server_filter=False
-        ):
-            if up_to is not None and message.sequence > up_to:
-                return
-            yield message
+        replay = store.replay(subject_filters=filters, stream=stream, server_filter=False)
+        async with contextlib.aclosing(replay):  # stopping early closes its reader at once
+            async for message in replay:
+                if up_to is not None and message.sequence > up_to:
+                    return
+                yield message
 
     return await audit_messages(keyring, messages())
 

@@ -106,11 +106,20 @@ def users(streams: StreamNames, *, preference_writer: str = "notification") -> l
     preferences = (*preference_subjects(streams), sub.all_commands)
     found = []
     for name in INTAKE:
-        intake: tuple[str, ...] = (f"{prefix}card.>", sub.all_commands)
+        # the intake also writes and reads its card snapshots (docs/intake.md, cold loads)
+        intake: tuple[str, ...] = (
+            f"{prefix}card.>",
+            sub.all_commands,
+            *sub.snapshot_stream_subjects(),
+        )
         if name == preference_writer:
             intake += preference_subjects(streams)
         found.append(
-            NatsUser(name, (*intake, *common, *_reads(source)), (f"{inbox_prefix(name)}.>",))
+            NatsUser(
+                name,
+                (*intake, *common, *_reads(source), *_reads(streams.snapshots)),
+                (f"{inbox_prefix(name)}.>",),
+            )
         )
     for name in PROJECTIONS:
         writes: tuple[str, ...] = (sub.all_entries,) if name == "ledger" else ()

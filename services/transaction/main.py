@@ -7,6 +7,7 @@ from datetime import timedelta
 from prometheus_client import CollectorRegistry
 
 from jetledger.transaction.v1 import transaction_pb2, transaction_pb2_grpc
+from services.commandindex import host_command_index
 from services.intake import CommandHandler, IntakeMetrics
 from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
 from services.security.config import aio_channel, server_security
@@ -30,13 +31,18 @@ async def start(
     built = await connect_store(settings, "transaction", writer=True)
     assert built.writer is not None
     registry = CollectorRegistry()
+    index = None
+    if settings.database_url:
+        index = await host_command_index(
+            settings.database_url, built.store, settings.streams, registry
+        )
     handler = CommandHandler(
         built.store,
         built.writer,
         settings.streams,
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
-        max_retries=settings.max_conflict_retries,
         metrics=IntakeMetrics(registry),
+        index=None if index is None else index.reader,
     )
     cards = CardLookup(
         settings.card_target,
@@ -59,9 +65,12 @@ async def start(
         registry=registry,
         security=server_security(settings),
         health_port=settings.health_port,
+        options=[("grpc.so_reuseport", 1)] if settings.transaction_reuse_port else (),
     )
     sweeper.start()
     runtime.on_close(built.close)
+    if index is not None:
+        runtime.on_close(index.close)
     runtime.on_close(cards.close)
     runtime.on_close(sweeper.stop)
     return runtime

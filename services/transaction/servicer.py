@@ -9,6 +9,7 @@ errors (bad input, unknown card) in that command's result alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -38,13 +39,13 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
         self._handler = handler
         self._cards = cards
 
-    async def _decide(self, command: Command) -> CommandOutcome:
-        validate(command)  # bad input never reaches the card service or the stream
+    async def _decide(self, command: Command, context: Context) -> CommandOutcome:
+        command = validate(command)  # bad input never reaches the card service or the stream
         await self._cards.get(command.card_id)
-        return await self._handler.handle(command)
+        return await self._handler.handle(command, deadline=_deadline(context), validated=True)
 
-    async def _unary(self, command: Command, reply: Callable[..., R]) -> R:
-        outcome = await self._decide(command)
+    async def _unary(self, command: Command, reply: Callable[..., R], context: Context) -> R:
+        outcome = await self._decide(command, context)
         if not outcome.accepted:
             raise mapping.declined(outcome)  # FAILED_PRECONDITION with typed details
         return reply(outcome=mapping.outcome_message(outcome))
@@ -53,41 +54,43 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
     async def CreateTransaction(
         self, request: pb.CreateTransactionRequest, context: Context
     ) -> pb.CreateTransactionResponse:
-        return await self._unary(mapping.create(request), pb.CreateTransactionResponse)
+        return await self._unary(mapping.create(request), pb.CreateTransactionResponse, context)
 
     @translate_errors
     async def FundCard(self, request: pb.FundCardRequest, context: Context) -> pb.FundCardResponse:
-        return await self._unary(mapping.fund(request), pb.FundCardResponse)
+        return await self._unary(mapping.fund(request), pb.FundCardResponse, context)
 
     @translate_errors
     async def AdjustBalance(
         self, request: pb.AdjustBalanceRequest, context: Context
     ) -> pb.AdjustBalanceResponse:
-        return await self._unary(mapping.adjust(request), pb.AdjustBalanceResponse)
+        return await self._unary(mapping.adjust(request), pb.AdjustBalanceResponse, context)
 
     @translate_errors
     async def AuthorizeTransaction(
         self, request: pb.AuthorizeTransactionRequest, context: Context
     ) -> pb.AuthorizeTransactionResponse:
-        return await self._unary(mapping.authorize(request), pb.AuthorizeTransactionResponse)
+        return await self._unary(
+            mapping.authorize(request), pb.AuthorizeTransactionResponse, context
+        )
 
     @translate_errors
     async def CaptureTransaction(
         self, request: pb.CaptureTransactionRequest, context: Context
     ) -> pb.CaptureTransactionResponse:
-        return await self._unary(mapping.capture(request), pb.CaptureTransactionResponse)
+        return await self._unary(mapping.capture(request), pb.CaptureTransactionResponse, context)
 
     @translate_errors
     async def VoidTransaction(
         self, request: pb.VoidTransactionRequest, context: Context
     ) -> pb.VoidTransactionResponse:
-        return await self._unary(mapping.void(request), pb.VoidTransactionResponse)
+        return await self._unary(mapping.void(request), pb.VoidTransactionResponse, context)
 
     @translate_errors
     async def RefundTransaction(
         self, request: pb.RefundTransactionRequest, context: Context
     ) -> pb.RefundTransactionResponse:
-        return await self._unary(mapping.refund(request), pb.RefundTransactionResponse)
+        return await self._unary(mapping.refund(request), pb.RefundTransactionResponse, context)
 
     @translate_errors
     async def SubmitTransactions(
@@ -114,18 +117,21 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
                 raise result
         # All at once: the group-commit writer coalesces them into shared atomic batches. Tasks
         # take each card's lock in creation order, so one card's commands run in request order.
-        results = await asyncio.gather(*(self._submit_one(item, unknown) for item in parsed))
+        deadline = _deadline(context)
+        results = await asyncio.gather(
+            *(self._submit_one(item, unknown, deadline) for item in parsed)
+        )
         return pb.SubmitTransactionsResponse(results=results)
 
     async def _submit_one(
-        self, item: Command | LedgerError, unknown: dict[str, LedgerError]
+        self, item: Command | LedgerError, unknown: dict[str, LedgerError], deadline: float | None
     ) -> pb.SubmitResult:
         try:
             if isinstance(item, LedgerError):
                 raise item
             if item.card_id in unknown:
                 raise unknown[item.card_id]
-            outcome = await self._handler.handle(item)
+            outcome = await self._handler.handle(item, deadline=deadline, validated=True)
         except LedgerError as exc:
             return mapping.submit_error(exc)
         return mapping.submit_result(outcome)
@@ -136,3 +142,9 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
     ) -> pb.GetCommandOutcomeResponse:
         outcome = await self._handler.outcome_of(check_id(request.transaction_id, "transaction_id"))
         return pb.GetCommandOutcomeResponse(outcome=mapping.outcome_message(outcome))
+
+
+def _deadline(context: Context) -> float | None:
+    """The caller's deadline as a ``time.monotonic()`` instant (None when the call has none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining

@@ -149,6 +149,8 @@ def test_money_commands_and_their_outcomes(cli: Any, card: str) -> None:
     assert code == 0 and "accepted" in out and "purchase" in out
     outcome = ok_json(cli, "tx", "outcome", bought["transaction_id"])
     assert outcome["stream_sequence"] == bought["stream_sequence"]
+    assert not outcome.get("replayed", False)  # a plain read is not a replay (issue 15)
+    assert "replayed" not in out
     # 100.00 - 12.50 - 30.00 + 2.50 - 1.00
     balance = ok_json(cli, "balance", card, "--at-least-seq", adjust["stream_sequence"])
     assert balance["balances"][0]["posted"] == "5900"

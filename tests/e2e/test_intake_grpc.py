@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -474,3 +477,33 @@ async def test_a_card_lifecycle_decline_carries_the_same_details(intake: Intake)
         tx.GetCommandOutcomeRequest(transaction_id=command_id)
     )
     assert read.outcome.stream_sequence == outcome.stream_sequence
+
+
+async def test_grpcurl_decodes_a_declines_details_through_reflection(intake: Intake) -> None:
+    """A client in another language needs no jetledger code: reflection serves the detail types."""
+    card_id = await _card(intake, credit_limit=1_000)
+    body = json.dumps(
+        {
+            "transaction_id": new_id("t"),
+            "card_id": card_id,
+            "merchant_id": "m",
+            "amount": {"amount": 5_000, "currency": "USD"},
+        }
+    )
+    grpcurl = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-plaintext",
+        "-d",
+        body,
+        f"127.0.0.1:{intake.transaction_runtime.port}",
+        "jetledger.transaction.v1.TransactionService/CreateTransaction",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(grpcurl.communicate(), timeout=60)
+    shown = err.decode()
+    assert grpcurl.returncode != 0 and "FailedPrecondition" in shown, shown
+    assert '"@type":"type.googleapis.com/google.rpc.ErrorInfo"' in shown, shown
+    assert '"reason":"INSUFFICIENT_FUNDS"' in shown, shown
+    assert '"@type":"type.googleapis.com/jetledger.transaction.v1.CommandOutcome"' in shown, shown
+    assert '"outcome":"OUTCOME_DECLINED"' in shown, shown

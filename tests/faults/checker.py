@@ -106,7 +106,6 @@ class Tables:
     """The projections' rows the checker needs, by plain SQL."""
 
     ledger_tx: Counter[int]  # stream_sequence -> rows in ledger.transactions
-    ledger_tx_ids: dict[int, set[str]]
     entries: dict[tuple[int, int], tuple[str, int, int]]  # (seq, leg) -> (account, amount, after)
     entry_dups: int
     balances: dict[str, tuple[int, int]]  # account -> (posted, pending)
@@ -124,9 +123,6 @@ def read_tables(database_url: str, stream: str) -> Tables:
             (stream,),
         ).fetchall()
         ledger_tx: Counter[int] = Counter(int(s) for s, _ in tx_rows)
-        ids: dict[int, set[str]] = defaultdict(set)
-        for seq, tid in tx_rows:
-            ids[int(seq)].add(str(tid))
         entries: dict[tuple[int, int], tuple[str, int, int]] = {}
         dups = 0
         for seq, leg, account, amount, after in conn.execute(
@@ -161,7 +157,6 @@ def read_tables(database_url: str, stream: str) -> Tables:
         ).fetchone()
     return Tables(
         ledger_tx=ledger_tx,
-        ledger_tx_ids=ids,
         entries=entries,
         entry_dups=dups,
         balances=balances,

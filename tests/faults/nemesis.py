@@ -10,7 +10,6 @@ recorded; recovery is measured afterwards from the workload's log.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -44,18 +43,6 @@ class Fault:
     target: str = ""
     failover: float | None = None  # cluster: seconds until the stream had a new leader
     error: str = ""
-
-
-def _wait_gone(pid: int, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
 
 
 class Nemesis:

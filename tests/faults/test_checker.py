@@ -55,7 +55,6 @@ def healthy() -> tuple[list[Op], list[StreamMessage], list[StreamMessage], Table
     ]
     tables = Tables(
         ledger_tx=Counter({2: 1}),
-        ledger_tx_ids={2: {"buy-1"}},
         entries=entries,
         entry_dups=0,
         balances={"card-c1": (-30, 0), "merchant-m": (30, 0)},

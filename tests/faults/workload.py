@@ -78,7 +78,6 @@ class Workload:
         self.holds: dict[str, list[tuple[str, int]]] = {c: [] for c in self.card_ids}
         self.purchases: dict[str, list[tuple[str, int]]] = {c: [] for c in self.card_ids}
         self.in_flight = 0
-        self.last_ok = 0.0
         self._channels: list[grpc.aio.Channel] = []
 
     def _channel(self, name: str) -> grpc.aio.Channel:
@@ -134,7 +133,6 @@ class Workload:
             self.in_flight -= 1
             op.end = time.monotonic()
         if op.status == "OK":
-            self.last_ok = op.end
             self._remember(op)
         return op
 

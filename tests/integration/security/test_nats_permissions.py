@@ -274,6 +274,7 @@ async def test_preference_commands_publish_only_their_own_subjects(provisioned: 
         ("transaction", "preference"),
         ("ledger", "preference"),
         ("reader", "preference"),
+        ("admin", "preference"),
         ("ledger", "marker"),
         ("reader", "marker"),
         ("admin", "marker"),

@@ -11,14 +11,19 @@ import asyncio
 import os
 from pathlib import Path
 
+import psycopg
+import pytest
 from rich.console import Console
 
 from contracts.codec import encode
 from contracts.subjects import StreamNames
-from eventstore import EventStore, GroupCommitWriter, OutgoingMessage
+from eventstore import EventStore, GroupCommitWriter, OutgoingMessage, TamperedEvent
 from eventstore import headers as h
 from eventstore.integrity import Keyring, Verdict, check_stored
+from projections.ledger.rebuild import Rebuild
 from projections.model import Poison
+from projections.notifications.rebuild import rebuild as rebuild_notifications
+from projections.notifications.schema import create_schemas
 from services.cli.ledger import check_projections
 from services.security.audit import audit_all
 from services.security.identity import Identity, Role, bind, unbind
@@ -70,6 +75,16 @@ async def test_a_forged_event_halts_the_projection_and_fails_verify(
             assert halted.message.sequence == ack.seq
             assert "MAC missing" in str(halted)
             assert await position(db, streams.source) == last_good  # never applied
+
+        # `jetledger replay` refuses it as the live projection did.
+        with pytest.raises(Poison, match="MAC missing") as rebuilt:
+            await Rebuild(db, store).run(swap=False)
+        assert rebuilt.value.message.sequence == ack.seq  # the genuine events before it check
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await create_schemas(conn, "notify")
+            with pytest.raises(Poison, match="MAC missing") as replayed:
+                await rebuild_notifications(conn, store, "notify")
+            assert replayed.value.message.sequence == ack.seq
 
         report = await audit_all(store, RING)
         assert [(f.sequence, f.verdict) for f in report.findings] == [(ack.seq, Verdict.MISSING)]
@@ -123,5 +138,8 @@ async def test_every_event_records_the_acting_identity_under_its_mac(
             headers=relabelled,
             stream=streams.source,
         )
-        copy = (await store.load(subjects.card_family("alice"), ack.seq - 1)).messages[0]
+        raw = EventStore(nc, streams)  # no keyring: reads whatever is stored
+        copy = (await raw.load(subjects.card_family("alice"), ack.seq - 1)).messages[0]
         assert check_stored(RING, copy) is Verdict.MISMATCH
+        with pytest.raises(TamperedEvent, match="MAC mismatch"):  # the write path fails closed
+            await store.load(subjects.card_family("alice"))

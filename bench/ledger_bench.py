@@ -179,7 +179,7 @@ def runner(db: str, store: EventStore, batch: int = 500) -> ProjectionRunner:
         store,
         db,
         ProjectionMetrics(metrics.registry),
-        RunnerConfig(batch=batch),
+        RunnerConfig(batch=batch, max_batch=10 * batch),  # as the service: 500 growing to 5,000
     )
 
 

@@ -4,7 +4,7 @@ The leader holds ``pg_advisory_lock`` on a dedicated connection for as long as i
 poll ``pg_try_advisory_lock`` and take over when that connection goes away (crash, kill -9, network
 loss: Postgres drops session locks with the session). The lock alone cannot stop a leader that lost
 its lock connection but still has a batch in flight on another, so each new leader also bumps an
-epoch in the projection's lease table and every batch transaction checks it (``check_epoch``): a
+epoch in the projection's lease table and every batch transaction checks it (``epoch_query``, ``verify_epoch``): a
 deposed leader's commit fails instead of writing.
 """
 
@@ -97,17 +97,12 @@ class Lease:
             raise Deposed(f"lease connection lost: {exc}") from exc
 
     def epoch_query(self) -> tuple[sql.Composed, tuple[str]]:
-        """The statement (and its parameters) ``check_epoch`` runs: the runner pipelines it with
+        """The epoch check's statement (and its parameters): the runner pipelines it with
         the batch's first statements and hands the row to ``verify_epoch``."""
         return (
             sql.SQL("SELECT epoch FROM {} WHERE projection = %s FOR SHARE").format(self._table),
             (self.name,),
         )
-
-    async def check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """In a batch transaction: raise ``Deposed`` unless our epoch is still the current one."""
-        cur = await conn.execute(*self.epoch_query())
-        self.verify_epoch(await cur.fetchone())
 
     def verify_epoch(self, row: tuple[Any, ...] | None) -> None:
         """Raise ``Deposed`` unless ``row`` (of ``epoch_query``) holds our epoch."""

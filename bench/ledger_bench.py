@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import psycopg
 from nats.js import api
 
 from bench.histories import History
+from bench.support import tree_cpu_seconds
 from contracts.codec import encode
 from contracts.events import SourceEvent
 from contracts.subjects import StreamNames, Subjects
@@ -59,6 +61,30 @@ TARGETS = {
     "steady_events_per_s": 15_000,
     "lag_p99_ms_at_1000_per_s": 50.0,
 }
+
+
+def cpu_now(servers: Any) -> dict[str, float]:
+    """CPU seconds so far of this process, its ended children (the rebuild), Postgres, nats-server."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pg, ns = getattr(servers, "postgres", None), getattr(servers, "nats", None)
+    return {
+        "bench": time.process_time(),
+        "rebuild": children.ru_utime + children.ru_stime,
+        "postgres": tree_cpu_seconds(None if pg is None else pg.pid),
+        "nats": tree_cpu_seconds(None if ns is None else ns.pid),
+    }
+
+
+def cpu_per_event(
+    servers: Any, before: dict[str, float], events: int, *parts: str
+) -> dict[str, float]:
+    """µs of CPU an event since ``before`` for each of ``parts``, and the rate those figures allow
+    on two otherwise idle cores (each part on one core at most, all of them sharing two)."""
+    after = cpu_now(servers)
+    out = {f"{k}_us": 1e6 * (after[k] - before[k]) / events for k in parts}
+    busiest, total = max(out.values()), sum(out.values())
+    out["cpu_bound_events_per_s_2_cores"] = 1e6 / max(busiest, total / 2, 1e-9)
+    return out
 
 
 def make_history(events: int, cards: int) -> list[SourceEvent]:
@@ -153,7 +179,7 @@ def runner(db: str, store: EventStore, batch: int = 500) -> ProjectionRunner:
         store,
         db,
         ProjectionMetrics(metrics.registry),
-        RunnerConfig(batch=batch),
+        RunnerConfig(batch=batch, max_batch=10 * batch),  # as the service: 500 growing to 5,000
     )
 
 
@@ -279,6 +305,16 @@ async def lag_at_rate(db: str, store: EventStore, rate: int, seconds: float) -> 
     return {"p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, "max_ms": max(lags) * 1000}
 
 
+def _cpu_line(cpu: dict[str, float], first: str) -> str:
+    parts = ", ".join(
+        f"{first if k in ('bench_us', 'rebuild_us') else k[:-3]} {v:.1f}"
+        for k, v in cpu.items()
+        if k.endswith("_us")
+    )
+    bound = cpu["cpu_bound_events_per_s_2_cores"]
+    return f"  CPU µs an event: {parts}; on 2 idle cores that allows ≈{bound:,.0f} events/s"
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement once; return the figures."""
     token = uuid.uuid4().hex[:8]
@@ -316,10 +352,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         last = await fill(store, history)
         out["append_events_per_s"] = len(history) / (time.perf_counter() - started)
         say(f"append (atomic batches of 500):    {out['append_events_per_s']:>10,.0f} events/s")
+        before = cpu_now(servers)
         copy_rows = await copy_ceiling(db, 200_000)
+        out["cpu"] = {"copy_per_row": cpu_per_event(servers, before, 200_000, "postgres")}
+        nats_py = await nats_py_ceiling(nc, store)
+        before = cpu_now(servers)
+        reader = await reader_ceiling(store)
+        out["cpu"]["reader"] = cpu_per_event(servers, before, len(history), "bench", "nats")
         out["ceilings"] = {
-            "nats_py_read_events_per_s": await nats_py_ceiling(nc, store),
-            "reader_read_events_per_s": await reader_ceiling(store),
+            "nats_py_read_events_per_s": nats_py,
+            "reader_read_events_per_s": reader,
             "postgres_copy_rows_per_s": copy_rows,
             "postgres_copy_events_per_s": copy_rows / legs,
         }
@@ -330,9 +372,23 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"ceiling: Postgres COPY entries:    {copy_rows:>10,.0f} rows/s"
             f" (≈{c['postgres_copy_events_per_s']:,.0f} events/s at {legs:.2f} legs/event)"
         )
+        say(
+            f"  CPU: reader {out['cpu']['reader']['bench_us']:.1f} µs an event"
+            f" (nats-server {out['cpu']['reader']['nats_us']:.1f});"
+            f" COPY {out['cpu']['copy_per_row']['postgres_us']:.1f} µs of Postgres a row"
+        )
+        before = cpu_now(servers)
         out["steady_events_per_s"] = await steady_rate(db, store, last, len(history))
+        out["cpu"]["steady"] = cpu_per_event(
+            servers, before, len(history), "bench", "postgres", "nats"
+        )
         say(f"steady projection (live, b=500):   {out['steady_events_per_s']:>10,.0f} events/s")
+        say(_cpu_line(out["cpu"]["steady"], "runner (bench process)"))
+        before = cpu_now(servers)
         rebuild = await asyncio.to_thread(rebuild_child, db, servers.nats_url, streams)
+        out["cpu"]["rebuild"] = cpu_per_event(
+            servers, before, len(history), "rebuild", "postgres", "nats"
+        )
         rebuild["events_per_s"] = len(history) / rebuild["seconds"]
         out["rebuild"] = rebuild
         out["rebuild_vs_copy"] = rebuild["reported_events_per_s"] / c["postgres_copy_events_per_s"]
@@ -342,6 +398,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             f" {out['rebuild_vs_copy']:.2f}× the COPY ceiling;"
             f" RSS {rebuild['rss_mib_at_half']:.0f} MiB by half-way, peak {rebuild['rss_mib_peak']:.0f}"
         )
+        say(_cpu_line(out["cpu"]["rebuild"], "rebuild (child + its reader)"))
         await fill(lag_store, make_history(100, 50))
         out["lag"] = await lag_at_rate(lag_db, lag_store, args.rate, args.seconds)
         out["lag"]["rate"] = args.rate

@@ -54,3 +54,32 @@ async def wait_serving(port: int, within: float = 20.0) -> None:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"service on port {port} never became SERVING")
             await asyncio.sleep(0.1)
+
+
+def tree_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) of ``pid`` and every process under it, the ended ones its
+    parents waited for included (``/proc``; 0.0 when unknown). On a shared machine a phase's CPU
+    per event is a steadier figure than its wall time."""
+    import os
+
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0)
+        todo += [child for child, up in parent.items() if up == current]
+    return total / tick

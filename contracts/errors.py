@@ -51,5 +51,9 @@ class PermissionDenied(LedgerError):
     """A known caller lacks the role, or the card scope, the call needs."""
 
 
+class DataLoss(LedgerError):
+    """Stored data does not check (an event's MAC): nothing is decided on it (gRPC DATA_LOSS)."""
+
+
 class Unavailable(LedgerError):
     """A dependency (NATS, Postgres, the card service) cannot be reached."""

@@ -21,6 +21,7 @@ from eventstore.errors import (
     InvalidBatch,
     StoreError,
     StoreUnavailable,
+    TamperedEvent,
     WrongLastSequence,
 )
 from eventstore.groupcommit import GroupCommitWriter, WriterStats
@@ -52,6 +53,7 @@ __all__ = [
     "StoredMessage",
     "SubjectFilter",
     "Subscription",
+    "TamperedEvent",
     "WriterStats",
     "WrongLastSequence",
     "check_batch",

@@ -15,7 +15,7 @@ from typing import Final
 import nats.errors
 import nats.js.errors
 
-from contracts.errors import Conflict, LedgerError, Unavailable
+from contracts.errors import Conflict, DataLoss, LedgerError, Unavailable
 from eventstore.model import Expectation
 
 # JetStream API err_codes (nats-server server/errors.json) the store tells apart.
@@ -125,3 +125,8 @@ def translate(exc: BaseException, expectations: Sequence[Expectation] = ()) -> L
     if isinstance(exc, nats.errors.Error | OSError | ConnectionError):
         return StoreUnavailable(f"NATS connection problem: {exc!r}")
     return StoreError(f"unexpected error from NATS: {exc!r}")
+
+
+class TamperedEvent(StoreError, DataLoss):
+    """A message read to decide on does not carry a MAC that checks (``eventstore.integrity``):
+    a forgery that got past the permissions, or an alteration. Nothing is decided on it."""

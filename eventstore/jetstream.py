@@ -37,10 +37,11 @@ from eventstore.errors import (
     InvalidBatch,
     StoreError,
     StoreUnavailable,
+    TamperedEvent,
     from_api_error,
     translate,
 )
-from eventstore.integrity import Keyring, stamp
+from eventstore.integrity import Keyring, Verdict, check_stored, stamp
 from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
@@ -284,7 +285,23 @@ class EventStore:
             # CAS built on ``last_sequence`` is right even if the caller's number was not.
             found = await self.last_by_subject(subject_filter, stream=stream)
             last = 0 if found is None else found.sequence
+        self._refuse_tampered(messages)
         return Loaded(stream, messages, last)
+
+    def _refuse_tampered(self, messages: Sequence[StoredMessage]) -> None:
+        """With a keyring, the write path's reads fail closed on a message whose MAC does not
+        check: ``load`` (a card's history) and ``last_by_subject`` of a literal subject (a
+        command's outcome marker) — what commands decide on."""
+        keyring = self.keyring
+        if keyring is None:
+            return
+        for message in messages:
+            verdict = check_stored(keyring, message)
+            if verdict is not Verdict.VALID:
+                raise TamperedEvent(
+                    f"{message.stream}:{message.sequence} ({message.subject}): MAC"
+                    f" {verdict.value}; nothing is decided on it (see `jetledger verify`)"
+                )
 
     async def _direct_batch(
         self, stream: str, start: int, subject_filter: str, batch: int
@@ -343,7 +360,12 @@ class EventStore:
             raise translate(exc) from exc
         status = reply.headers.get(h.STATUS) if reply.headers else None
         if status is None:
-            return stored_from_direct(reply)
+            found = stored_from_direct(reply)
+            if "*" not in subject and ">" not in subject:
+                # a literal subject is read to decide on (a command's outcome marker); a filter
+                # asks where a stream or family ends (verify, rebuilds), whatever is there
+                self._refuse_tampered((found,))
+            return found
         if status == "404":
             return None
         if status == "503":

@@ -4,7 +4,7 @@ The leader holds ``pg_advisory_lock`` on a dedicated connection for as long as i
 poll ``pg_try_advisory_lock`` and take over when that connection goes away (crash, kill -9, network
 loss: Postgres drops session locks with the session). The lock alone cannot stop a leader that lost
 its lock connection but still has a batch in flight on another, so each new leader also bumps an
-epoch in the projection's lease table and every batch transaction checks it (``check_epoch``): a
+epoch in the projection's lease table and every batch transaction checks it (``epoch_query``, ``verify_epoch``): a
 deposed leader's commit fails instead of writing.
 """
 
@@ -96,13 +96,16 @@ class Lease:
             await self._close()
             raise Deposed(f"lease connection lost: {exc}") from exc
 
-    async def check_epoch(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """In a batch transaction: raise ``Deposed`` unless our epoch is still the current one."""
-        cur = await conn.execute(
+    def epoch_query(self) -> tuple[sql.Composed, tuple[str]]:
+        """The epoch check's statement (and its parameters): the runner pipelines it with
+        the batch's first statements and hands the row to ``verify_epoch``."""
+        return (
             sql.SQL("SELECT epoch FROM {} WHERE projection = %s FOR SHARE").format(self._table),
             (self.name,),
         )
-        row = await cur.fetchone()
+
+    def verify_epoch(self, row: tuple[Any, ...] | None) -> None:
+        """Raise ``Deposed`` unless ``row`` (of ``epoch_query``) holds our epoch."""
         if row is None or int(row[0]) != self.epoch:
             raise Deposed(f"epoch {self.epoch} superseded by {None if row is None else row[0]}")
 

@@ -9,6 +9,7 @@ one still finishing a batch and with a rebuild's schema swap.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from psycopg import sql
 
@@ -19,13 +20,24 @@ def _table(schema: str) -> sql.Composed:
     return sql.SQL("{}.tracking").format(sql.Identifier(schema))
 
 
-async def lock_position(conn: Conn, schema: str, stream: str) -> int:
-    """Lock this stream's tracking row for the transaction and return its position (0 if none)."""
-    select = sql.SQL("SELECT last_sequence FROM {} WHERE stream = %s FOR UPDATE").format(
+def lock_query(schema: str) -> sql.Composed:
+    """``SELECT last_sequence … FOR UPDATE`` of one stream (parameter: the stream)."""
+    return sql.SQL("SELECT last_sequence FROM {} WHERE stream = %s FOR UPDATE").format(
         _table(schema)
     )
-    cur = await conn.execute(select, (stream,))
-    row = await cur.fetchone()
+
+
+async def lock_position(
+    conn: Conn, schema: str, stream: str, row: tuple[Any, ...] | None = None, *, read: bool = True
+) -> int:
+    """Lock this stream's tracking row for the transaction and return its position (0 if none).
+
+    A caller that already ran ``lock_query`` (pipelined with other statements) passes its ``row``
+    and ``read=False``; the row is created here only if it is missing."""
+    select = lock_query(schema)
+    if read:
+        cur = await conn.execute(select, (stream,))
+        row = await cur.fetchone()
     if row is None:
         await conn.execute(
             sql.SQL(

@@ -29,6 +29,7 @@ from contracts.errors import (
     Aborted,
     AlreadyExists,
     Conflict,
+    DataLoss,
     Declined,
     InvalidArgument,
     LedgerError,
@@ -53,6 +54,7 @@ STATUS_FOR: Final[dict[type[LedgerError], grpc.StatusCode]] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 
 # The reverse direction, for clients (the CLI, the intake calling GetCard).
@@ -66,6 +68,7 @@ ERROR_FOR: Final[dict[grpc.StatusCode, type[LedgerError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from prometheus_client import CollectorRegistry
 
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
+from services.card.live import LiveCards
 from services.card.servicer import CardServicer
 from services.intake import CommandHandler, IntakeMetrics
 from services.runtime import GrpcService, Runtime, run_until_signal, start_grpc
@@ -30,7 +31,10 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         max_retries=settings.max_conflict_retries,
         metrics=IntakeMetrics(registry),
     )
-    servicer = CardServicer(handler, built.store, settings.streams, registry)
+    # GetCard answers from every card's state, followed live from the stream (services.card.live).
+    live = LiveCards(built.store, settings.streams.subjects)
+    live.start()
+    servicer = CardServicer(handler, built.store, settings.streams, registry, live)
     runtime = await start_grpc(
         [GrpcService(SERVICE_NAME, card_pb2_grpc.add_CardServiceServicer_to_server, servicer)],
         settings.host,
@@ -41,6 +45,7 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         health_port=settings.health_port,
     )
     runtime.on_close(built.close)
+    runtime.on_close(live.stop)
     return runtime
 
 

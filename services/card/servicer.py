@@ -21,12 +21,13 @@ from commands.messages import (
     UnfreezeCard,
     UpdateCreditLimit,
 )
-from commands.state import CardState
+from commands.state import EMPTY, CardState
 from contracts.errors import InvalidArgument, NotFound
 from contracts.ids import check_id
 from contracts.subjects import StreamNames
 from eventstore import EventStore
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
+from services.card.live import LiveCards
 from services.grpc_errors import translate_errors
 from services.intake import CommandHandler, CommandOutcome
 from services.outcomes import declined
@@ -44,6 +45,7 @@ STATUS_ENUM: Final = {
 }
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE: Final = 1000
+LIVE_WAIT: Final = 1.0  # seconds GetCard waits for the follower before reading the tail itself
 
 
 def card_response(state: CardState, stream: str, now: datetime) -> card_pb2.CardResponse:
@@ -86,12 +88,19 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         store: EventStore,
         streams: StreamNames,
         registry: CollectorRegistry | None = None,
+        live: LiveCards | None = None,
     ) -> None:
         self._handler = handler
+        self._live = live
         registry = registry if registry is not None else CollectorRegistry()
         self._lookups = Counter(
             "jetledger_card_lookups_served_total",
             "GetCard calls answered (or refused) by the card service",
+            registry=registry,
+        )
+        self._fallbacks = Counter(
+            "jetledger_card_tail_reads_total",
+            "Card answers read from the stream's tail because the follower could not give them",
             registry=registry,
         )
         self._store = store
@@ -99,10 +108,23 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         self._subjects = streams.subjects
 
     async def _card(self, card_id: str) -> CardState:
-        state = await self._handler.cards.current(check_id(card_id, "card_id"))
+        check_id(card_id, "card_id")
+        state = await self._followed(card_id)
+        if state is None:  # not followed, or the follower is behind: read the tail, exactly
+            self._fallbacks.inc()
+            state = await self._handler.cards.current(card_id)
         if not state.exists:
             raise NotFound(f"card {card_id!r} does not exist")
         return state
+
+    async def _followed(self, card_id: str) -> CardState | None:
+        """The followed state, once it includes the card's last event (read your writes)."""
+        if self._live is None:
+            return None
+        last = await self._store.last_by_subject(self._subjects.card_family(card_id))
+        if last is None:
+            return EMPTY
+        return await self._live.state(card_id, last.sequence, LIVE_WAIT)
 
     async def _run(self, command: Command) -> tuple[card_pb2.CommandResult, card_pb2.CardResponse]:
         outcome = await self._handler.handle(command)

@@ -210,7 +210,6 @@ class _Entry:
 class LoadStats:
     """Counters of cold loads (for tests and benchmarks)."""
 
-    cold_loads: int = 0
     from_snapshot: int = 0
     events_read: int = 0
     snapshots_written: int = 0
@@ -287,7 +286,6 @@ class CardStates:
 
     async def _cold(self, card_id: str) -> _Entry:
         """A new entry: from the card's latest snapshot if there is a usable one, else empty."""
-        self.stats.cold_loads += 1
         if self._snapshot_stream:
             try:
                 stored = await self._store.last_by_subject(

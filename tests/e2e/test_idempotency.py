@@ -24,13 +24,6 @@ from tests.e2e.conftest import settings_for
 from tests.e2e.support import issue_request, new_id, stream_subjects, usd
 
 
-@dataclasses.dataclass
-class Stack:
-    settings: Settings
-    cards: card_pb2_grpc.CardServiceAsyncStub
-    closers: list[object]
-
-
 async def _transactions(settings: Settings) -> tuple[object, grpc.aio.Channel]:
     runtime = await transaction_main.start(settings, port=0, metrics=False, sweep_interval=60)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")

@@ -209,6 +209,8 @@ def _start_system(
         cluster = LocalCluster(root=root / "cluster").start()
         overrides = {"nats_url": cluster.urls, "stream_replicas": 3}
     settings = Settings(
+        # faults, not security: plaintext channels, raw NATS for the nemesis, an external cluster
+        security=False,
         data_dir=root / "data",
         stream=f"FC{token}",
         derived_stream=f"FC{token}_DERIVED",

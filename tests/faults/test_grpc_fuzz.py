@@ -50,6 +50,7 @@ RPCS = all_rpcs()
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     token = uuid.uuid4().hex[:8]
     settings = Settings(
+        security=False,  # fuzzing the decoders, not the access table (plaintext channels)
         data_dir=tmp_path_factory.mktemp("fuzz") / "data",
         stream=f"FZ{token}",
         derived_stream=f"FZ{token}_DERIVED",

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from contracts.codec import encode
 from contracts.subjects import StreamNames
-from eventstore import EventStore, GroupCommitWriter, OutgoingMessage
+from eventstore import EventStore, GroupCommitWriter, OutgoingMessage, TamperedEvent
 from eventstore import headers as h
 from eventstore.integrity import Keyring, Verdict, check_stored
 from projections.ledger.rebuild import Rebuild
@@ -138,5 +138,8 @@ async def test_every_event_records_the_acting_identity_under_its_mac(
             headers=relabelled,
             stream=streams.source,
         )
-        copy = (await store.load(subjects.card_family("alice"), ack.seq - 1)).messages[0]
+        raw = EventStore(nc, streams)  # no keyring: reads whatever is stored
+        copy = (await raw.load(subjects.card_family("alice"), ack.seq - 1)).messages[0]
         assert check_stored(RING, copy) is Verdict.MISMATCH
+        with pytest.raises(TamperedEvent, match="MAC mismatch"):  # the write path fails closed
+            await store.load(subjects.card_family("alice"))

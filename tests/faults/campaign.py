@@ -213,8 +213,6 @@ def _start_system(
         cluster = LocalCluster(root=root / "cluster").start()
         overrides = {"nats_url": cluster.urls, "stream_replicas": 3}
     settings = Settings(
-        # faults, not security: plaintext channels, raw NATS for the nemesis, an external cluster
-        security=False,
         data_dir=root / "data",
         security=False,  # the campaign is about faults; tests/e2e/test_security.py covers access
         stream=f"FC{token}",

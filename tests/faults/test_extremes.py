@@ -40,7 +40,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     settings = Settings(
         security=False,  # extremes of the input, not security (plaintext channels)
         data_dir=tmp_path_factory.mktemp("extremes") / "data",
-        security=False,
         stream=f"EX{token}",
         derived_stream=f"EX{token}_DERIVED",
         subject_prefix=f"ex{token}.",

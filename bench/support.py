@@ -34,8 +34,9 @@ def spawn_service(module: str, env: dict[str, str], log_path: Path) -> subproces
         )
 
 
-async def wait_serving(port: int, within: float = 20.0) -> None:
-    """Wait until the gRPC server on ``port`` reports SERVING."""
+async def wait_serving(port: int, within: float = 60.0) -> None:
+    """Wait until the gRPC server on ``port`` reports SERVING (a child process on a loaded
+    machine can take tens of seconds to import and start)."""
     import asyncio
 
     import grpc

@@ -68,9 +68,11 @@ class Settings:
     webhook_concurrency: int = 16  # POSTs in flight at once
     # Test-only fault hook of the notification projection (see projections/faults.py).
     notification_fault: str = ""
-    # Ledger projection: messages per fetch (= per Postgres transaction), the consumer's ack wait,
+    # Ledger projection: messages per fetch (a batch after idling), the consumer's ack wait,
     # the longest a query waits for "at least sequence N" (read-your-writes).
     ledger_batch: int = 500
+    # A batch grows up to this while the one before it commits (the busier, the bigger).
+    ledger_max_batch: int = 5_000
     ledger_ack_wait_seconds: float = 30.0
     ledger_max_wait_seconds: float = 10.0
     # Test-only fault hook of the ledger projection (see projections/faults.py).

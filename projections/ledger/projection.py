@@ -72,7 +72,9 @@ class LedgerProjection:
         accounts: set[str] = set()
         for _, event in events:
             accounts |= accounts_touched(event)
-        book = await store.load_balances(conn, LIVE_SCHEMA, accounts)
+        async with conn.pipeline():  # one round trip for both
+            await store.prepare_balance_stage(conn, LIVE_SCHEMA)
+            book = await store.load_balances(conn, LIVE_SCHEMA, accounts)
         projection = Projection(book)
         for message, event in events:
             try:
@@ -81,7 +83,7 @@ class LedgerProjection:
                 raise Poison(message, str(exc)) from exc
         rows = projection.rows
         await store.write_rows(conn, LIVE_SCHEMA, rows)
-        await store.upsert_balances(conn, LIVE_SCHEMA, book.touched.values())
+        await store.upsert_balances(conn, LIVE_SCHEMA, book.touched.values(), staged=True)
         return Applied(len(events), len(rows.entries))
 
     def committed(self, stream: str, result: object) -> None:

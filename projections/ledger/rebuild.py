@@ -15,9 +15,11 @@ swap it in atomically while the service keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,16 +135,38 @@ class Rebuild:
 
     async def _replay(self, conn: Conn, until: int, phase: str) -> None:
         pending = 0
-        # The bulk is read in a worker process: reading then costs this process almost nothing.
-        async for got in self._read(until, in_worker=phase == "replay"):
-            pending += self._project(got.messages)
-            self._covered = got.last_sequence
-            if pending >= self._chunk:
-                await self._flush(conn)
-                pending = 0
-                self._report(phase, until)
+        writing: asyncio.Task[None] | None = None
+        try:
+            # The bulk is read in a worker process: reading then costs this process little; and
+            # a chunk's COPY runs while the next chunk is projected (one COPY in flight at a
+            # time), so Postgres ingests on one core while this process projects on the other.
+            async for got in self._read(until, in_worker=phase == "replay"):
+                pending += self._project(got.messages)
+                self._covered = got.last_sequence
+                if pending >= self._chunk:
+                    chunk = store.payloads(self._projection.rows)
+                    self._projection.rows.clear()
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._write(conn, chunk))
+                    pending = 0
+                    self._report(phase, until)
+            if writing is not None:
+                await writing
+                writing = None
+        finally:
+            if writing is not None:  # the read failed: stop the COPY, the caller rolls back
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
         await self._flush(conn)
         self._report(phase, until)
+
+    async def _write(self, conn: Conn, chunk: list[tuple[str, Sequence[str], bytes]]) -> None:
+        # A shadow nobody reads yet: each chunk commits on its own (bounded transaction size).
+        async with conn.transaction():
+            for name, columns, payload in chunk:
+                await store.copy_payload(conn, self.shadow, name, columns, payload)
 
     def _read(self, until: int, in_worker: bool = False) -> AsyncIterator[ReadBatch]:
         return self._store.replay_batches(

@@ -309,17 +309,26 @@ def _balance_statements(schema: str) -> tuple[sql.Composed, sql.Composed, sql.Co
     return stage, copy, upsert
 
 
-async def upsert_balances(conn: Conn, schema: str, balances: Iterable[Balance]) -> None:
+async def prepare_balance_stage(conn: Conn, schema: str) -> None:
+    """Create the session's balance staging table if needed (``upsert_balances(staged=True)``);
+    cheap to pipeline with the batch's first query."""
+    await conn.execute(_balance_statements(schema)[0])
+
+
+async def upsert_balances(
+    conn: Conn, schema: str, balances: Iterable[Balance], *, staged: bool = False
+) -> None:
     """Write the new values of changed balances (the projector computed them; SQL stores them).
 
     COPY into a per-session staging table, then one INSERT … ON CONFLICT: far cheaper than a
-    statement per account.
+    statement per account. ``staged``: ``prepare_balance_stage`` already ran in this transaction.
     """
     payload = "".join(map(_balance_line, balances)).encode()
     if not payload:
         return
     stage, copy_stmt, upsert = _balance_statements(schema)
-    await conn.execute(stage)
+    if not staged:
+        await conn.execute(stage)
     async with conn.cursor() as cur, cur.copy(copy_stmt) as copy:
         await copy.write(payload)
     await conn.execute(upsert)

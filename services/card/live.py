@@ -30,6 +30,7 @@ from commands.state import EMPTY, CardState
 from contracts.codec import decode_event
 from contracts.subjects import Subjects
 from eventstore import EventStore, StoredMessage
+from eventstore.integrity import Verdict, check_stored
 from services.intake.cards import DEFAULT_BUDGET_BYTES, state_bytes
 
 log = logging.getLogger("jetledger.card.live")
@@ -130,6 +131,12 @@ class LiveCards:
         state = self._states.get(card_id, EMPTY)
         if message.sequence <= state.version:
             return  # seen already (the reader resumed from an earlier position)
+        keyring = self._store.keyring
+        if keyring is not None and check_stored(keyring, message) is not Verdict.VALID:
+            # A forged or altered event: never folded here; the exact read refuses the card.
+            log.warning("card event fails its MAC", extra={"sequence": message.sequence})
+            self._forget(card_id)
+            return
         try:
             state = evolve(state, decode_event(message.data), message.sequence)
         except Exception:

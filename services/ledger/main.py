@@ -84,6 +84,7 @@ async def serve(settings: Settings) -> None:
         projection_metrics,
         RunnerConfig(
             batch=settings.ledger_batch,
+            max_batch=settings.ledger_max_batch,
             ack_wait_seconds=settings.ledger_ack_wait_seconds,
             holder=f"{socket.gethostname()}:{os.getpid()}",
             fault=settings.ledger_fault,

@@ -38,8 +38,8 @@ DECIDED = {tx.OUTCOME_ACCEPTED, tx.OUTCOME_DECLINED}
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     token = uuid.uuid4().hex[:8]
     settings = Settings(
+        security=False,  # extremes of the input, not security (plaintext channels)
         data_dir=tmp_path_factory.mktemp("extremes") / "data",
-        security=False,
         stream=f"EX{token}",
         derived_stream=f"EX{token}_DERIVED",
         subject_prefix=f"ex{token}.",

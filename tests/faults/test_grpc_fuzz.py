@@ -50,8 +50,8 @@ RPCS = all_rpcs()
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSystem]:
     token = uuid.uuid4().hex[:8]
     settings = Settings(
+        security=False,  # fuzzing the decoders, not the access table (plaintext channels)
         data_dir=tmp_path_factory.mktemp("fuzz") / "data",
-        security=False,  # plaintext: the fuzz speaks raw bytes (tests/e2e/test_security.py: auth)
         stream=f"FZ{token}",
         derived_stream=f"FZ{token}_DERIVED",
         subject_prefix=f"fz{token}.",

@@ -21,7 +21,8 @@ from tests.integration.ledger.process import LedgerProcess
 from tests.ledgerkit import append, busy_history, fresh_database
 
 pytestmark = pytest.mark.timeout(60)
-BATCH = {"JETLEDGER_LEDGER_BATCH": "20"}
+# Small batches that do not grow, so a kill at the third commit falls mid-stream.
+BATCH = {"JETLEDGER_LEDGER_BATCH": "20", "JETLEDGER_LEDGER_MAX_BATCH": "20"}
 
 
 def _process(nats_url: str, db: str, streams: StreamNames, log: Path, **env: str) -> LedgerProcess:

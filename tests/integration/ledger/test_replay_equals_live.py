@@ -45,7 +45,7 @@ async def test_live_equals_rebuilt_equals_pure_model(
         await store.ensure_streams()
         seqs = await append_with_markers(js, streams, run.appended)
         last_event = max(s for s, (e, _) in zip(seqs, run.appended, strict=True) if e is not None)
-        async with running_projector(db, store, batch=7):
+        async with running_projector(db, store, batch=7, max_batch=60):  # batches grow
             await wait_for_position(db, streams.source, last_event)
         shadow = await Rebuild(db, store, chunk=5).run(swap=False)
         async with await psycopg.AsyncConnection.connect(db) as conn:

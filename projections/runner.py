@@ -46,6 +46,26 @@ log = logging.getLogger(__name__)
 
 ALIVE_CHECK_SECONDS: Final = 1.0  # how often the lease connection is probed while applying
 READ_WAIT_SECONDS: Final = 1.0
+CANCEL_RETRY_SECONDS: Final = 1.0
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again any that is still
+    running a moment later. On Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that
+    arrives as its inner wait completes (gh-86296): a reader loop that lost its cancellation kept
+    running, and a single ``cancel()`` + ``gather`` waited for it forever, so a projection's
+    leadership never ended and it stopped applying (the cluster fault campaign, docs/faults.md).
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_SECONDS)
+        for task in pending:
+            task.cancel()
+    for task in tasks:  # retrieve outcomes, so none is reported as never retrieved
+        if not task.cancelled():
+            task.exception()
 
 
 class PositionMoved(Unavailable):
@@ -258,9 +278,8 @@ class ProjectionRunner:
                 await self._apply(conn, subs[got.stream], got)
         finally:
             side_stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await inbox.stop()  # a reader that lost its cancellation still ends at its next turn
+            await cancel_and_wait(tasks)
             for sub in subs.values():
                 await sub.close()
             with contextlib.suppress(Exception):
@@ -280,8 +299,10 @@ class ProjectionRunner:
         lag = self._lags[sub.stream]
         seen = 0
         try:
-            while True:
+            while not inbox.stopped:
                 await inbox.wait_for_room(sub.stream)
+                if inbox.stopped:
+                    return
                 got = await sub.next_batch(inbox.room(sub.stream), READ_WAIT_SECONDS)
                 if sub.reanchors > seen:
                     self._reanchors.inc(sub.reanchors - seen)

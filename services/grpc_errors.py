@@ -241,9 +241,22 @@ async def _reject_invalid(request: Any, context: grpc.aio.ServicerContext[Any, A
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
+def _call_over(exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """The call has ended (the caller gave up: deadline, cancel) or gRPC's own transport failed
+    while sending a status: there is no one to answer, and a second abort would only raise."""
+    transport = type(exc).__module__.startswith("grpc._cython")
+    return transport or context.cancelled() or context.done()
+
+
 async def _abort_for(
     exc: Exception, method: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> None:
+    if _call_over(exc, context):
+        _log.info(
+            "call ended before its status could be sent",
+            extra={"method": method, "error": type(exc).__name__},
+        )
+        return
     if isinstance(exc, LedgerError):  # a servicer without @translate_errors
         await context.abort(status_for(exc), str(exc))
     if isinstance(exc, DEPENDENCY_ERRORS):

@@ -114,6 +114,27 @@ class LocalCluster:
                             return str(leader)
         return None
 
+    def stream_current(self, stream: str) -> bool:
+        """Whether ``stream`` has a leader and every other node's replica is current."""
+        leader = self.stream_leader(stream)
+        if leader is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            for detail in self._stream_details(leader):
+                if detail.get("name") == stream:
+                    replicas = (detail.get("cluster") or {}).get("replicas") or []
+                    return len(replicas) == self.size - 1 and all(
+                        r.get("current") for r in replicas
+                    )
+        return False
+
+    def wait_stream_current(self, stream: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.stream_current(stream):
+            if time.monotonic() > deadline:
+                raise LocalServerError(f"stream {stream} replicas not current within {timeout}s")
+            time.sleep(0.1)
+
     def stream_followers(self, stream: str) -> list[str]:
         """The nodes holding a replica of ``stream`` that do not lead it."""
         leader = self.stream_leader(stream)

@@ -134,8 +134,9 @@ async def start_grpc(
     defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
     given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
     server = grpc.aio.server(
-        # The status boundary first (outermost): it also wraps what the access interceptor does.
-        interceptors=[StatusBoundary(), *(security.interceptors if security is not None else ())],
+        # Access first (an unauthenticated caller learns nothing, not even that its bytes were
+        # bad), then the status boundary around the servicer (it supplies the deserializer).
+        interceptors=[*(security.interceptors if security is not None else ()), StatusBoundary()],
         options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)

@@ -107,9 +107,9 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         self._stream = streams.source
         self._subjects = streams.subjects
 
-    async def _card(self, card_id: str) -> CardState:
+    async def _card(self, card_id: str, written: int = 0) -> CardState:
         check_id(card_id, "card_id")
-        state = await self._followed(card_id)
+        state = await self._followed(card_id, written)
         if state is None:  # not followed, or the follower is behind: read the tail, exactly
             self._fallbacks.inc()
             state = await self._handler.cards.current(card_id)
@@ -117,10 +117,18 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
             raise NotFound(f"card {card_id!r} does not exist")
         return state
 
-    async def _followed(self, card_id: str) -> CardState | None:
-        """The followed state, once it includes the card's last event (read your writes)."""
+    async def _followed(self, card_id: str, written: int) -> CardState | None:
+        """The followed state, once it includes the card's last event (read your writes).
+
+        ``written`` is the sequence of the event this call has just appended (0 for a plain read):
+        waiting for it needs no read of the card's last sequence, which on an R3 stream a lagging
+        replica may answer with a sequence older than that event (or with none: NOT_FOUND for the
+        card just issued, found by the cluster fault campaign).
+        """
         if self._live is None:
             return None
+        if written:
+            return await self._live.state(card_id, written, LIVE_WAIT)
         last = await self._store.last_by_subject(self._subjects.card_family(card_id))
         if last is None:
             return EMPTY
@@ -129,7 +137,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
     async def _run(self, command: Command) -> tuple[card_pb2.CommandResult, card_pb2.CardResponse]:
         outcome = await self._handler.handle(command)
         result = command_result(outcome)
-        state = await self._card(command.card_id)
+        state = await self._card(command.card_id, outcome.stream_sequence)
         return result, card_response(state, self._stream, datetime.now(UTC))
 
     @translate_errors

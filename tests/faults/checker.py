@@ -54,8 +54,9 @@ class StreamMessage:
 class Findings:
     """What the checker found: per command id and global anomalies (each a line of text)."""
 
-    lost: set[str] = field(default_factory=set)
-    duplicated: set[str] = field(default_factory=set)
+    lost: set[str] = field(default_factory=set)  # acknowledged, not in the stream
+    duplicated: set[str] = field(default_factory=set)  # in the stream or a projection twice
+    unprojected: set[str] = field(default_factory=set)  # in the stream, missing in a projection
     anomalies: list[tuple[str, str]] = field(default_factory=list)  # (command id or "", what)
 
     def anomaly(self, what: str, op_id: str = "") -> None:
@@ -63,7 +64,7 @@ class Findings:
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.duplicated and not self.anomalies
+        return not (self.lost or self.duplicated or self.unprojected or self.anomalies)
 
 
 async def read_stream(nats_url: str, stream: str, subjects: str) -> list[StreamMessage]:
@@ -235,7 +236,7 @@ def check(
         if event.body.get("type") in MONEY_TYPES:
             rows = tables.ledger_tx.get(event.sequence, 0)
             if rows == 0:
-                found.lost.add(op.op_id)
+                found.unprojected.add(op.op_id)
                 found.anomaly(f"not in ledger.transactions (seq {event.sequence})", op.op_id)
             elif rows > 1:
                 found.duplicated.add(op.op_id)
@@ -243,13 +244,13 @@ def check(
             for index, leg in enumerate(legs):
                 row = tables.entries.get((event.sequence, index))
                 if row is None:
-                    found.lost.add(op.op_id)
+                    found.unprojected.add(op.op_id)
                     found.anomaly(f"entry {event.sequence}:{index} missing", op.op_id)
                 elif (row[0], row[1]) != (leg["account_id"], int(leg["amount"])):
                     found.anomaly(f"entry {event.sequence}:{index} differs from its leg", op.op_id)
             if tables.notifications.get(event.sequence, 0) != 1:
                 count = tables.notifications.get(event.sequence, 0)
-                (found.lost if count == 0 else found.duplicated).add(op.op_id)
+                (found.unprojected if count == 0 else found.duplicated).add(op.op_id)
                 found.anomaly(f"{count} notifications for seq {event.sequence}", op.op_id)
     for command_id in by_command:
         if command_id not in known and not command_id.startswith("expire"):

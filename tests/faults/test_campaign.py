@@ -25,6 +25,7 @@ async def test_short_fault_campaign_loses_and_duplicates_nothing(
         print("\n" + report.table())
     assert not report.findings.lost, sorted(report.findings.lost)[:10]
     assert not report.findings.duplicated, sorted(report.findings.duplicated)[:10]
+    assert not report.findings.unprojected, sorted(report.findings.unprojected)[:10]
     assert not report.findings.anomalies, report.findings.anomalies[:10]
     assert not report.fault_errors, report.fault_errors
     assert report.verify_ok, report.verify_problems

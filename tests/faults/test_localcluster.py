@@ -23,23 +23,36 @@ async def test_an_r3_stream_survives_kill_9_of_its_leader_and_a_follower(tmp_pat
         try:
             await EventStore(nc, streams).ensure_streams(replicas=3)
             js = nc.jetstream()
+
+            async def publish(n: int) -> int:
+                """Publish message n as a client must across a failover: retried, same msg id."""
+                for attempt in range(6):
+                    try:
+                        ack = await js.publish(
+                            "lc.card.x.t", b"%d" % n, timeout=20, headers={"Nats-Msg-Id": f"m{n}"}
+                        )
+                        return int(ack.seq)
+                    except nats.errors.TimeoutError:
+                        if attempt == 5:
+                            raise
+                return 0
+
             info = await js.stream_info("LC")
             assert info.config.num_replicas == 3
-            acked = [
-                (await js.publish("lc.card.x.t", b"%d" % n, timeout=10)).seq for n in range(20)
-            ]
+            acked = [await publish(n) for n in range(20)]
             leader = cluster.wait_stream_leader("LC")
             cluster.kill(leader)
             assert leader not in cluster.alive()
             successor = cluster.wait_stream_leader("LC", not_=leader)
             assert successor != leader
             for n in range(20, 40):
-                acked.append((await js.publish("lc.card.x.t", b"%d" % n, timeout=30)).seq)
+                acked.append(await publish(n))
             cluster.restart(leader)
+            cluster.wait_stream_current("LC", timeout=120)  # else killing one more loses quorum
             follower = next(n for n in cluster.stream_followers("LC") if n in cluster.alive())
             cluster.kill(follower)
             for n in range(40, 50):  # two of three replicas still make a quorum
-                acked.append((await js.publish("lc.card.x.t", b"%d" % n, timeout=30)).seq)
+                acked.append(await publish(n))
             cluster.restart(follower)
             info = await js.stream_info("LC")
             assert info.state.messages == 50

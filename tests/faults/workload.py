@@ -267,20 +267,25 @@ class Workload:
 
     # -- after the faults -----------------------------------------------------------------------
 
-    async def resolve_unknowns(self, attempts: int = 20) -> list[Op]:
+    async def resolve_unknowns(self, attempts: int = 20, concurrency: int = 32) -> list[Op]:
         """Retry every command with an unknown outcome (same id) until decided, then ask twice
         more (the command again, and GetCommandOutcome) and record every answer."""
         unknown = [op for op in self.log if op.unknown]
-        for op in unknown:
-            for _ in range(attempts):
-                answer = await self.send(op, deadline=10)
-                op.retries.append(answer[:3])
-                if answer[0] in DECIDED or answer[0] in REJECTED:
-                    break
-                await asyncio.sleep(0.5)
-            again = await self.send(op, deadline=10)
-            op.retries.append(again[:3])
-            op.retries.append(await self.outcome_of(op))
+        gate = asyncio.Semaphore(concurrency)
+
+        async def resolve(op: Op) -> None:
+            async with gate:
+                for _ in range(attempts):
+                    answer = await self.send(op, deadline=10)
+                    op.retries.append(answer[:3])
+                    if answer[0] in DECIDED or answer[0] in REJECTED:
+                        break
+                    await asyncio.sleep(0.5)
+                again = await self.send(op, deadline=10)
+                op.retries.append(again[:3])
+                op.retries.append(await self.outcome_of(op))
+
+        await asyncio.gather(*(resolve(op) for op in unknown))
         return unknown
 
     async def outcome_of(self, op: Op) -> tuple[str, str, int]:

@@ -19,6 +19,7 @@ of balances is its own). Checks:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import nats
 import psycopg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 from tests.faults.workload import DECIDED, REJECTED, Op
 
@@ -67,6 +69,9 @@ class Findings:
         return not (self.lost or self.duplicated or self.unprojected or self.anomalies)
 
 
+READ_WITHIN = 60.0  # seconds a checker read may wait for a cluster to settle
+
+
 async def read_stream(nats_url: str, stream: str, subjects: str) -> list[StreamMessage]:
     """Every message of ``stream`` under ``subjects``, in order, through our own consumer."""
     nc = await nats.connect(nats_url.split(","), connect_timeout=5)
@@ -87,11 +92,20 @@ async def read_stream(nats_url: str, stream: str, subjects: str) -> list[StreamM
             ),
         )
         seen = 0
+        # A cluster may still be electing the stream's or the consumer's leader after the last
+        # fault (503 no responders, or a fetch that times out): wait for it, but never return a
+        # partial read as if it were the whole stream.
+        deadline = asyncio.get_running_loop().time() + READ_WITHIN
         while seen < last:
             try:
                 batch = await sub.fetch(1000, timeout=2)
-            except nats.errors.TimeoutError:
-                break
+            except (nats.errors.TimeoutError, ServiceUnavailableError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(
+                        f"could not read {stream} past {seen} of {last} within {READ_WITHIN:.0f} s"
+                    ) from exc
+                await asyncio.sleep(0.5)
+                continue
             for msg in batch:
                 seen = msg.metadata.sequence.stream
                 out.append(StreamMessage(seen, msg.subject, json.loads(msg.data)))

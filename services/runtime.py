@@ -24,6 +24,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from contracts.ids import mask_card_numbers
+from services.observability.metrics import (
+    MetricsInterceptor,
+    register_platform_collectors,
+    rpc_metrics,
+)
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
@@ -124,8 +129,15 @@ async def start_grpc(
     With ``security`` the server listens with TLS only and every call passes its access
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
     """
+    if registry is None:
+        registry = CollectorRegistry()  # not exposed: the interceptor still needs one
+    register_platform_collectors(registry)
+    # Metrics outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(rpc_metrics(registry))]
+    if security is not None:
+        interceptors.extend(security.interceptors)
     server = grpc.aio.server(
-        interceptors=security.interceptors if security is not None else None,
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
@@ -156,10 +168,7 @@ async def start_grpc(
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
     if metrics_port is not None:
-        kwargs: dict[str, Any] = {"addr": host}
-        if registry is not None:
-            kwargs["registry"] = registry
-        start_http_server(metrics_port, **kwargs)
+        start_http_server(metrics_port, addr=host, registry=registry)
     runtime = Runtime(server, health_servicer, names, bound, metrics_port)
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final, get_args
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -29,8 +30,18 @@ from commands.decision import Decision
 from commands.messages import AuthorizeTransaction, Command, command_type, fingerprint
 from commands.validation import validate
 from contracts.codec import decode_marker, encode, event_type
-from contracts.errors import Aborted, AlreadyExists, NotFound
-from contracts.events import CommandRecorded, SourceEvent
+from contracts.errors import (
+    Aborted,
+    AlreadyExists,
+    Conflict,
+    Declined,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from contracts.events import CommandRecorded, DeclineReason, SourceEvent
 from contracts.subjects import StreamNames
 from eventstore import (
     EventStore,
@@ -43,6 +54,34 @@ from services.intake.cards import CardStates
 
 # Latency buckets reach well below a millisecond: a group-committed append is ~1-3 ms here.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+DECLINE_REASONS: Final = frozenset(get_args(DeclineReason))
+# The outcome label of a command that raised: one of these, never an exception's class name.
+_ERROR_OUTCOMES: Final = (
+    (InvalidArgument, "invalid_argument"),
+    (NotFound, "not_found"),
+    (AlreadyExists, "already_exists"),
+    (Conflict, "conflict"),
+    (Aborted, "aborted"),
+    (Unavailable, "unavailable"),
+    (Unauthenticated, "unauthenticated"),
+    (PermissionDenied, "permission_denied"),
+    (Declined, "declined_error"),
+)
+
+
+def error_outcome(exc: BaseException) -> str:
+    """The bounded ``outcome`` label of a command that raised ``exc``."""
+    for kind, label in _ERROR_OUTCOMES:
+        if isinstance(exc, kind):
+            return label
+    return "error"
+
+
+def decline_reason(reason: str) -> str:
+    """The bounded ``reason`` label of a decline (``other`` for a reason this build lacks)."""
+    return reason if reason in DECLINE_REASONS else "other"
 
 
 class IntakeMetrics:
@@ -65,6 +104,12 @@ class IntakeMetrics:
         self.conflicts = Counter(
             "jetledger_command_conflicts_total",
             "Compare-and-set conflicts that made a command decide again",
+            registry=registry,
+        )
+        self.declines = Counter(
+            "jetledger_command_declines_total",
+            "Commands declined when first decided, by type and reason (a bounded set)",
+            ["command_type", "reason"],
             registry=registry,
         )
 
@@ -121,11 +166,13 @@ class CommandHandler:
             result = await self._handle(validate(command))
         except Exception as exc:
             if self._metrics is not None:
-                self._metrics.commands.labels(kind, type(exc).__name__).inc()
+                self._metrics.commands.labels(kind, error_outcome(exc)).inc()
             raise
         if self._metrics is not None:
             label = "replayed" if result.replayed else result.outcome
             self._metrics.commands.labels(kind, label).inc()
+            if label == "declined":
+                self._metrics.declines.labels(kind, decline_reason(result.reason)).inc()
             self._metrics.latency.labels(kind).observe(time.perf_counter() - started)
         return result
 

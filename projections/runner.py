@@ -34,6 +34,7 @@ import psycopg
 
 from contracts.errors import Unavailable
 from eventstore import EventStore, ReadBatch, StoredMessage, Subscription
+from eventstore.tracing import record_consumed
 from projections import tracking
 from projections.faults import FaultHook
 from projections.lease import Lease
@@ -293,6 +294,7 @@ class ProjectionRunner:
 
     async def _apply(self, conn: Conn, sub: Subscription, got: ReadBatch) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         if started - self._alive_at > ALIVE_CHECK_SECONDS:
             await self._lease.alive()
             self._alive_at = started
@@ -317,6 +319,7 @@ class ProjectionRunner:
         sub.ack(got)
         if committed:
             self._fault.reached("after_ack")
+            record_consumed(self.projection.name, stream, got.messages, started_ns, time.time_ns())
             self.projection.committed(stream, result)
             self._batches.inc()
         self._duration.observe(time.perf_counter() - started)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,40 +21,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from contracts.ids import mask_card_numbers
-from services.observability.metrics import (
-    MetricsInterceptor,
-    register_platform_collectors,
-    rpc_metrics,
-)
+from services.observability.interceptor import ObservingInterceptor
+from services.observability.logs import ContextFilter, JsonFormatter
+from services.observability.metrics import register_platform_collectors, rpc_metrics
+from services.observability.tracing import setup_tracing
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through.
-
-    Every text value is passed through ``mask_card_numbers``: an id or a message that holds
-    something shaped like a card number never reaches a log whole (older events may carry one).
-    """
-
-    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        payload.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        masked = {k: mask_card_numbers(v) if isinstance(v, str) else v for k, v in payload.items()}
-        return json.dumps(masked, default=lambda value: mask_card_numbers(str(value)))
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
@@ -66,6 +38,7 @@ def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -132,8 +105,8 @@ async def start_grpc(
     if registry is None:
         registry = CollectorRegistry()  # not exposed: the interceptor still needs one
     register_platform_collectors(registry)
-    # Metrics outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too.
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(rpc_metrics(registry))]
+    # Observed outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(rpc_metrics(registry))]
     if security is not None:
         interceptors.extend(security.interceptors)
     server = grpc.aio.server(
@@ -192,10 +165,15 @@ def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime
     """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
     settings = Settings.from_env()
     setup_logging(service, settings.log_format, settings.log_level)
+    tracing = setup_tracing(service, settings)
 
     async def serve() -> None:
         runtime = await start(settings)
         await wait_for_shutdown_signal()
         await runtime.stop()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched

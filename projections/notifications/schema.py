@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS {o}.deliveries (
     delivered_at timestamptz,
     UNIQUE (notification_id, scope, endpoint_id)
 );
+-- added after the first release: the trace of the event that caused the delivery (W3C)
+ALTER TABLE {o}.deliveries ADD COLUMN IF NOT EXISTS traceparent text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON {o}.deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_card ON {o}.deliveries (card_id, delivery_id);

@@ -102,6 +102,7 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "verify": (
         "jetledger verify                           # exit 1, one line per failed check",
         "jetledger verify --wait 30                 # give a busy projection longer to catch up",
+        "jetledger verify --pushgateway http://pushgateway:9091  # the CronJob: result as a metric",
     ),
     "repair": ("jetledger repair derived",),
     "repair derived": (

@@ -16,6 +16,7 @@ marker: present means "retry", absent means "the card moved".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from contracts.errors import (
     Conflict,
     Declined,
     InvalidArgument,
+    LedgerError,
     NotFound,
     PermissionDenied,
     Unauthenticated,
@@ -50,7 +52,11 @@ from eventstore import (
     OutgoingMessage,
     WrongLastSequence,
 )
+from eventstore.tracing import trace_headers
 from services.intake.cards import CardStates
+from services.observability.logs import about_command
+
+log = logging.getLogger("jetledger.intake")
 
 # Latency buckets reach well below a millisecond: a group-committed append is ~1-3 ms here.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -162,12 +168,27 @@ class CommandHandler:
         """Decide and record ``command``, or replay its recorded outcome; raise on bad input."""
         started = time.perf_counter()
         kind = command_type(command)
-        try:
-            result = await self._handle(validate(command))
-        except Exception as exc:
-            if self._metrics is not None:
-                self._metrics.commands.labels(kind, error_outcome(exc)).inc()
-            raise
+        with about_command(command.command_id):  # every line logged meanwhile carries the id
+            try:
+                result = await self._handle(validate(command))
+            except LedgerError as exc:
+                if self._metrics is not None:
+                    self._metrics.commands.labels(kind, error_outcome(exc)).inc()
+                raise
+            except Exception as exc:
+                if self._metrics is not None:
+                    self._metrics.commands.labels(kind, error_outcome(exc)).inc()
+                log.exception("command failed", extra={"command_type": kind})
+                raise
+            if result.outcome == "declined" and not result.replayed:
+                log.info(
+                    "command declined",
+                    extra={
+                        "command_type": kind,
+                        "reason": result.reason,
+                        "card_id": command.card_id,
+                    },
+                )
         if self._metrics is not None:
             label = "replayed" if result.replayed else result.outcome
             self._metrics.commands.labels(kind, label).inc()
@@ -246,10 +267,12 @@ class CommandHandler:
         marker: CommandRecorded,
     ) -> list[OutgoingMessage]:
         family = Expectation(self._subjects.card_family(command.card_id), version)
+        traced = trace_headers()  # the RPC's span: projections and webhooks continue its trace
         unit = [
             OutgoingMessage(
                 subject=self._subjects.card_event(command.card_id, event),
                 data=encode(event),
+                headers=traced,
                 expect=family if index == 0 else None,
             )
             for index, event in enumerate(events)
@@ -257,7 +280,10 @@ class CommandHandler:
         marker_subject = self._subjects.command_marker(command.command_id)
         unit.append(
             OutgoingMessage(
-                subject=marker_subject, data=encode(marker), expect=Expectation(marker_subject, 0)
+                subject=marker_subject,
+                data=encode(marker),
+                headers=traced,
+                expect=Expectation(marker_subject, 0),
             )
         )
         return unit

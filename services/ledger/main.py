@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -27,6 +28,7 @@ from projections.ledger.projection import LedgerProjection
 from projections.metrics import ProjectionMetrics
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
+from services.observability.tracing import setup_tracing
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.security.config import server_security
 from services.settings import Settings
@@ -37,8 +39,10 @@ POOL_TIMEOUT_SECONDS = 5.0
 log = logging.getLogger("jetledger.ledger")
 
 
-async def serve(settings: Settings) -> None:
-    """Run the ledger service until a shutdown signal."""
+async def serve(
+    settings: Settings, *, until: Callable[[], Coroutine[Any, Any, None]] = wait_for_shutdown_signal
+) -> None:
+    """Run the ledger service until a shutdown signal (or ``until`` returns: tests)."""
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
@@ -109,7 +113,7 @@ async def serve(settings: Settings) -> None:
             not_serving()
 
     runner_task.add_done_callback(on_runner_done)
-    await wait_for_shutdown_signal()
+    await until()
     log.info("shutting down")
     await runtime.stop(grace=5.0)
 
@@ -118,7 +122,12 @@ def main() -> None:
     """Entry point: configure logging from the settings and serve."""
     settings = Settings.from_env()
     setup_logging("ledger", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    tracing = setup_tracing("ledger", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
+from services.observability.tracing import setup_tracing
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.security.config import server_security
 from services.settings import Settings
@@ -50,8 +52,10 @@ def webhook_config(settings: Settings) -> WebhookConfig:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run the notification service until a shutdown signal."""
+async def serve(
+    settings: Settings, *, until: Callable[[], Coroutine[Any, Any, None]] = wait_for_shutdown_signal
+) -> None:
+    """Run the notification service until a shutdown signal (or ``until`` returns: tests)."""
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
@@ -115,7 +119,7 @@ async def serve(settings: Settings) -> None:
         # a poison message keeps the runner (and its lease) waiting: this reports it
         asyncio.create_task(halted.wait(), name="projection halted"),
     }
-    stop = asyncio.create_task(wait_for_shutdown_signal(), name="signal")
+    stop = asyncio.create_task(until(), name="signal")
     try:
         pending = {stop, *tasks}
         while stop in pending:
@@ -147,7 +151,12 @@ def main() -> None:
     """Entry point: read the settings, configure logging, serve."""
     settings = Settings.from_env()
     setup_logging("notification", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    tracing = setup_tracing("notification", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from tests.e2e.support import new_id
 
 
 @contextlib.contextmanager
-def isolated_system(servers: Servers, data_dir: Path) -> Iterator[DevSystem]:
+def isolated_system(servers: Servers, data_dir: Path, **overrides: Any) -> Iterator[DevSystem]:
     """A dev system of its own on the session's servers: fresh database, own streams, free ports."""
     token = uuid.uuid4().hex[:8]
     database = f"jl_{token}"
@@ -46,6 +46,7 @@ def isolated_system(servers: Servers, data_dir: Path) -> Iterator[DevSystem]:
         derived_stream=f"CLI{token}_DERIVED",
         subject_prefix=f"c{token}.",
         data_dir=data_dir,
+        **overrides,
     )
     try:
         with DevSystem(with_free_ports(settings)) as system:

@@ -94,6 +94,10 @@ _WRITE_LIVE_TAIL: Final = """, d AS (
 SELECT notification_id, (SELECT count(*) FROM d), pg_notify(%s, '') FROM n"""
 
 
+# notification_id, card_id, scope, endpoint_id, body, traceparent
+_Delivery = tuple[str, str, str, str, bytes, str]
+
+
 @dataclass
 class BatchResult:
     """What one applied batch did."""
@@ -141,13 +145,20 @@ class NotificationProjector:
         notes: dict[str, Notification] = {}
         traces: dict[int, str] = {}
         traced = tracing_enabled()
+        rows: list[_Delivery] = []
         for msg in messages:
             if traced and TRACEPARENT in msg.headers:
                 traces[msg.sequence] = msg.headers[TRACEPARENT]
             for note in await self._one(conn, msg, cards, scopes):
-                notes.setdefault(note.notification_id, note)  # the first copy counts
+                if note.notification_id in notes:
+                    continue  # the first copy counts
+                notes[note.notification_id] = note
+                if self.side_effects:
+                    # the endpoints and preferences as of this message, not as of the batch's
+                    # end: whether a webhook is sent must not depend on how messages are batched
+                    rows += self._deliveries([note], scopes, traces)
         result.created, result.deliveries = await self._write(
-            conn, cards, list(notes.values()), scopes, traces
+            conn, cards, list(notes.values()), rows
         )
         return result
 
@@ -244,8 +255,7 @@ class NotificationProjector:
         conn: psycopg.AsyncConnection[Any],
         cards: dict[str, CardState],
         notes: list[Notification],
-        scopes: dict[str, _Scope],
-        traces: dict[int, str] | None = None,
+        deliveries: list[_Delivery],
     ) -> tuple[list[Notification], int]:
         """Store cards, new notifications and their deliveries: one statement.
 
@@ -266,7 +276,6 @@ class NotificationProjector:
             [encode(n).decode() for n in notes],
         ]
         if self.side_effects:
-            deliveries = self._deliveries(notes, scopes, traces)
             params += [[row[i] for row in deliveries] for i in range(6)]
             params.append(wake_channel(self.schema))
         cur = await conn.execute(self._write_sql, params)
@@ -310,12 +319,12 @@ class NotificationProjector:
         notes: list[Notification],
         scopes: dict[str, _Scope],
         traces: dict[int, str] | None = None,
-    ) -> list[tuple[str, str, str, str, bytes, str]]:
+    ) -> list[_Delivery]:
         """One row per (notification, endpoint whose scope wants its kind), with the trace of
         the message that caused it (``traces``: by sequence, this batch's stream)."""
         operator = scopes[OPERATOR]
         operator_kinds = effective(operator.prefs, None).kinds
-        rows: list[tuple[str, str, str, str, bytes, str]] = []
+        rows: list[_Delivery] = []
         for note in notes:
             scope = scopes.get(note.card_id, _Scope())
             body = encode(note)  # the exact bytes every attempt will POST

@@ -104,6 +104,14 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "jetledger verify --wait 30                 # give a busy projection longer to catch up",
         "jetledger verify --pushgateway http://pushgateway:9091  # the CronJob: result as a metric",
     ),
+    "provision": (
+        "jetledger provision                        # streams: before the services start (a Job)",
+    ),
+    "migrate": ("jetledger migrate                          # Postgres schemas (a Job)",),
+    "backup": ("jetledger backup backups/2026-12-02        # streams + webhook delivery state",),
+    "restore": (
+        "jetledger restore backups/2026-12-02       # onto an empty system, then start services",
+    ),
     "repair": ("jetledger repair derived",),
     "repair derived": (
         "jetledger repair derived                   # re-emit what the derived stream lacks",

@@ -66,7 +66,7 @@ OVERLAYS = ("overlays/dev", "overlays/prod")
 
 Doc = dict[str, Any]
 Check = Callable[[list[Doc]], list[str]]
-WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
+WORKLOADS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"})
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -140,8 +140,18 @@ def named(doc: Doc) -> str:
     return f"{doc['kind']}/{doc['metadata']['name']}"
 
 
+def pod_template(workload: Doc) -> Doc:
+    outer = (
+        workload["spec"]["jobTemplate"]["spec"]
+        if workload["kind"] == "CronJob"
+        else workload["spec"]
+    )
+    template: Doc = outer["template"]
+    return template
+
+
 def pod_spec(workload: Doc) -> Doc:
-    spec: Doc = workload["spec"]["template"]["spec"]
+    spec: Doc = pod_template(workload)["spec"]
     return spec
 
 
@@ -461,7 +471,7 @@ def network_policy_problems(docs: list[Doc]) -> list[str]:
 def custom_resource_problems(docs: list[Doc]) -> list[str]:
     """The custom resources (no schema to validate them) hold what jetledger relies on."""
     problems = []
-    pods = [(w, pod_spec(w), w["spec"]["template"]["metadata"]["labels"]) for w in workloads(docs)]
+    pods = [(w, pod_spec(w), pod_template(w)["metadata"]["labels"]) for w in workloads(docs)]
     for monitor in objects(docs, "PodMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
@@ -483,6 +493,110 @@ def custom_resource_problems(docs: list[Doc]) -> list[str]:
         for d in objects(docs, kind):
             if (d["apiVersion"], kind) not in CUSTOM_KINDS:
                 problems.append(f"{named(d)}: unexpected apiVersion {d['apiVersion']}")
+    return problems
+
+
+def _admits(policy: Doc, labels: dict[str, str], port: int | str) -> bool:
+    """Whether ``policy`` lets a pod labelled ``labels`` (this namespace) in on ``port``."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = [p.get("port") for p in rule.get("ports", [])]
+        if ports and port not in ports:
+            continue
+        if "from" not in rule:
+            return True
+        for peer in rule["from"]:
+            wanted = peer.get("podSelector", {}).get("matchLabels", {})
+            if (
+                "namespaceSelector" not in peer
+                and "podSelector" in peer
+                and wanted.items() <= labels.items()
+            ):
+                return True
+    return False
+
+
+def _selects(policy: Doc, labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    if not selector:
+        return True
+    if "matchLabels" in selector and not selector["matchLabels"].items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        if (
+            expression["operator"] == "In"
+            and labels.get(expression["key"]) not in expression["values"]
+        ):
+            return False
+    return True
+
+
+def platform_problems(docs: list[Doc]) -> list[str]:
+    """A ServiceAccount per service, default-deny ingress with every needed port let in, HPAs for
+    the stateless deciders, the headless card Service the transaction service balances over, and
+    provision/migrate as Jobs."""
+    problems = []
+    accounts = {d["metadata"]["name"]: d for d in objects(docs, "ServiceAccount")}
+    policies = objects(docs, "NetworkPolicy")
+    if not any(
+        p["spec"]["podSelector"] == {} and "Ingress" in p["spec"]["policyTypes"]
+        and not p["spec"].get("ingress")
+        for p in policies
+    ):  # fmt: skip
+        problems.append("no default-deny ingress NetworkPolicy")
+    for d in objects(docs, "Deployment"):
+        name = d["metadata"]["name"]
+        spec = pod_spec(d)
+        if spec.get("serviceAccountName") != name or name not in accounts:
+            problems.append(f"{named(d)}: not on its own ServiceAccount {name}")
+        labels = pod_template(d)["metadata"]["labels"]
+        grpc = port_named(spec["containers"][0], "grpc")
+        client = {"jetledger.io/api-client": "true"}
+        if not any(_selects(p, labels) and _admits(p, client, grpc or 0) for p in policies):
+            problems.append(f"{named(d)}: API clients cannot reach port {grpc}")
+    transaction_labels = {
+        "app.kubernetes.io/name": "transaction",
+        "app.kubernetes.io/component": "service",
+    }
+    card_labels = {"app.kubernetes.io/name": "card", "app.kubernetes.io/component": "service"}
+    if not any(
+        _selects(p, card_labels) and _admits(p, transaction_labels, 50051) for p in policies
+    ):
+        problems.append("the transaction service cannot reach the card service")
+    operations = {"app.kubernetes.io/component": "operations"}
+    present = {w["metadata"]["name"] for w in workloads(docs)}
+    for name, port in (("nats", 4222), ("postgres", 5432)):
+        target = {"app.kubernetes.io/name": name}
+        if name in present and not any(
+            _selects(p, target) and _admits(p, operations, port) for p in policies
+        ):
+            problems.append(f"operations Jobs cannot reach {name} on {port}")
+    deployments = {d["metadata"]["name"]: d for d in objects(docs, "Deployment")}
+    scaled = {
+        h["spec"]["scaleTargetRef"]["name"]: h for h in objects(docs, "HorizontalPodAutoscaler")
+    }
+    for name in ("card", "transaction"):
+        hpa = scaled.get(name)
+        if hpa is None:
+            problems.append(f"no HorizontalPodAutoscaler for {name}")
+        elif hpa["spec"]["minReplicas"] != deployments[name]["spec"]["replicas"]:
+            problems.append(
+                f"HorizontalPodAutoscaler/{name} starts below the Deployment's replicas"
+            )
+    if set(scaled) - {"card", "transaction"}:
+        problems.append(f"projectors must not autoscale: {sorted(set(scaled))}")
+    headless = [s for s in objects(docs, "Service") if s["spec"].get("clusterIP") == "None"
+                and s["spec"]["selector"].get("app.kubernetes.io/name") == "card"]  # fmt: skip
+    card_addr = configmap_env(docs, deployments["transaction"]).get(
+        f"{ENV_PREFIX}CARD_SERVICE_ADDR", ""
+    )
+    if not headless or card_addr != f"dns:///{headless[0]['metadata']['name']}:50051":
+        problems.append(
+            f"the transaction service does not balance over a headless card Service: {card_addr}"
+        )
+    jobs = {" ".join(pod_spec(j)["containers"][0]["command"]) for j in objects(docs, "Job")}
+    for command in ("jetledger provision", "jetledger migrate"):
+        if command not in jobs:
+            problems.append(f"no Job runs {command}")
     return problems
 
 
@@ -579,6 +693,7 @@ def test_common_properties(target: str) -> None:
         + image_problems(docs)
         + env_problems(docs)
         + network_policy_problems(docs)
+        + platform_problems(docs)
     )
     assert problems == []
 
@@ -598,6 +713,17 @@ def test_dev_overlay() -> None:
 
 def test_prod_overlay() -> None:
     docs = render("overlays/prod")
+    cluster = one(docs, "Cluster", "jetledger-pg")  # the CloudNativePG cluster prod relies on
+    assert f"{cluster['metadata']['name']}-rw" == PROD_DATABASE_HOST
+    assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "jetledger", "owner": "jetledger"}
+    assert cluster["spec"]["instances"] >= 3 and "barmanObjectStore" in cluster["spec"]["backup"]
+    [scheduled] = objects(docs, "ScheduledBackup")
+    assert scheduled["spec"]["cluster"]["name"] == "jetledger-pg"
+    backup = one(docs, "CronJob", "jetledger-backup")
+    assert pod_spec(backup)["containers"][0]["command"][-1].startswith("exec jetledger backup ")
+    for cron in objects(docs, "CronJob"):
+        env = {v["name"]: v for v in pod_spec(cron)["containers"][0]["env"]}
+        assert urlsplit(env[f"{ENV_PREFIX}DATABASE_URL"]["value"]).hostname == PROD_DATABASE_HOST
     assert replication_problems(docs, nats_nodes=3, stream_replicas=3) == []
     assert reference_problems(docs, PROD_EXTERNAL_SECRETS) == []
     assert secret_problems(docs, placeholders_allowed=False) == []
@@ -695,6 +821,14 @@ BREAKAGES: dict[str, tuple[str, str, str, Any, Check]] = {
     "a Secret committed for prod": ("prod", "new", "", {"kind": "Secret", "metadata": {"name": "db"}}, PROD_SECRETS),
     "dangling Secret reference": ("dev", "Deployment/card", f"{C0}.env.0.valueFrom.secretKeyRef.name", "jetledger-db", reference_problems),
     "services fenced out of NATS": ("dev", "NetworkPolicy/nats", "spec.ingress.0.from.0.podSelector.matchLabels", {"app.kubernetes.io/component": "client"}, network_policy_problems),
+    "no default deny": ("dev", "NetworkPolicy/default-deny-ingress", "spec.podSelector", {"matchLabels": {"x": "y"}}, platform_problems),
+    "shared service account": ("prod", "Deployment/ledger", "spec.template.spec.serviceAccountName", "card", platform_problems),
+    "ledger closed to clients": ("dev", "NetworkPolicy/ledger", "spec.ingress.0.ports.0.port", 9999, platform_problems),
+    "card closed to transaction": ("prod", "NetworkPolicy/card", "spec.ingress.0.from.0.podSelector.matchLabels", {"app.kubernetes.io/name": "ledger"}, platform_problems),
+    "hpa below replicas": ("prod", "HorizontalPodAutoscaler/card", "spec.minReplicas", 1, platform_problems),
+    "card behind a ClusterIP": ("dev", "ConfigMap/jetledger-config-*", "data.JETLEDGER_CARD_SERVICE_ADDR", "card:50051", platform_problems),
+    "jobs fenced out of NATS": ("dev", "NetworkPolicy/nats", "spec.ingress.0.from.1.podSelector.matchLabels", {"app.kubernetes.io/component": "client"}, platform_problems),
+    "a CronJob runs as root": ("prod", "CronJob/jetledger-backup", "spec.jobTemplate.spec.template.spec.containers.0.securityContext.runAsNonRoot", False, POD_SEC),
     "misspelt setting": ("dev", "ConfigMap/jetledger-config-*", "data.JETLEDGER_NATS_ULR", "nats://nats:4222", env_problems),
 }  # fmt: skip
 

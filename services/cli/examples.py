@@ -107,7 +107,10 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "provision": (
         "jetledger provision                        # streams: before the services start (a Job)",
     ),
-    "migrate": ("jetledger migrate                          # Postgres schemas (a Job)",),
+    "migrate": (
+        "jetledger migrate                          # Postgres schemas (a Job)",
+        "jetledger migrate --only ledger            # one projection's schema",
+    ),
     "backup": ("jetledger backup backups/2026-12-02        # streams + webhook delivery state",),
     "restore": (
         "jetledger restore backups/2026-12-02       # onto an empty system, then start services",

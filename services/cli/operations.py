@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -28,11 +28,10 @@ import psycopg
 from psycopg import sql
 
 from contracts.errors import AlreadyExists, InvalidArgument
-from eventstore import EventStore
 from eventstore.backup import read_backup, restore_stream, snapshot_stream
-from projections.ledger.migrate import apply_migrations
-from projections.notifications.schema import create_schemas, ops_schema
+from projections.notifications.schema import ops_schema
 from services.cli.output import console
+from services.preflight import SCHEMAS, migrate, provision
 from services.settings import Settings
 from services.wiring import command_database_url, connect_client
 
@@ -57,6 +56,9 @@ def register(subparsers: Subparsers) -> None:
     )
     provision.set_defaults(handler=run_provision)
     migrate = subparsers.add_parser("migrate", help="create or migrate the Postgres schemas")
+    migrate.add_argument(
+        "--only", choices=SCHEMAS, default="", help="one projection's schema (default: both)"
+    )
     migrate.set_defaults(handler=run_migrate)
     backup = subparsers.add_parser(
         "backup", help="back up the streams and the webhook delivery state into a directory"
@@ -73,28 +75,6 @@ def register(subparsers: Subparsers) -> None:
 # --- provision and migrate ----------------------------------------------------------------------
 
 
-async def provision(settings: Settings) -> list[str]:
-    """Create or update both streams (idempotent); return their names."""
-    nc = await connect_client(settings, "provision")
-    try:
-        await EventStore(nc, settings.streams).ensure_streams(
-            replicas=settings.stream_replicas,
-            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
-        )
-    finally:
-        await nc.close()
-    return [settings.streams.source, settings.streams.derived]
-
-
-async def migrate(settings: Settings) -> list[int]:
-    """Apply the ledger migrations and create the notification schemas; return what was new."""
-    async with await psycopg.AsyncConnection.connect(command_database_url(settings)) as conn:
-        applied = await apply_migrations(conn)
-        await create_schemas(conn, settings.notification_schema)
-        await conn.commit()
-    return applied
-
-
 def run_provision(args: argparse.Namespace, settings: Settings) -> int:
     del args
     streams = asyncio.run(provision(settings))
@@ -106,10 +86,16 @@ def run_provision(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    del args
-    applied = asyncio.run(migrate(settings))
-    done = f"applied ledger migrations {applied}" if applied else "ledger schema up to date"
-    console().print(f"{done}; notification schema {settings.notification_schema} ready")
+    only = getattr(args, "only", "")
+    applied = asyncio.run(migrate(settings, only))
+    lines = []
+    if only in ("", "ledger"):
+        lines.append(
+            f"applied ledger migrations {applied}" if applied else "ledger schema up to date"
+        )
+    if only in ("", "notifications"):
+        lines.append(f"notification schema {settings.notification_schema} ready")
+    console().print("; ".join(lines))
     return 0
 
 

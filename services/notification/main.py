@@ -17,12 +17,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
 from projections.metrics import ProjectionMetrics
 from projections.notifications.projection import NotificationProjection
-from projections.notifications.schema import create_schemas, wake_channel
+from projections.notifications.schema import wake_channel
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.notification.effects import CommittedEffects
 from services.notification.grpc_api import SERVICE_NAME, NotificationServicer, add_to_server
@@ -31,6 +32,7 @@ from services.notification.preferences import PreferenceCommands
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.observability.tracing import setup_tracing
+from services.preflight import require_notification_schema
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.security.config import server_security
 from services.settings import Settings
@@ -59,8 +61,9 @@ async def serve(
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
-    # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
-    # With security on, the admin identity provisioned them: a service may not.
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        await require_notification_schema(conn, schema)  # made by `jetledger migrate`
+    # The streams must exist (`jetledger provision` made them, notify.> subjects included).
     nats = await connect_store(settings, "notification")
     store = nats.store
     # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
@@ -81,8 +84,6 @@ async def serve(
         open=False,
     )
     await pool.open(wait=True)
-    async with pool.connection() as conn:
-        await create_schemas(conn, schema)
     metrics, waker = NotificationMetrics(), Waker()
     servicer = NotificationServicer(
         pool, schema, settings.stream, PreferenceCommands(store), waker, metrics

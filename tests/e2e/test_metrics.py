@@ -21,6 +21,7 @@ from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.card import main as card_main
 from services.intake.handler import DECLINE_REASONS, decline_reason, error_outcome
 from services.localservers import free_port
+from services.preflight import provision
 from services.runtime import Runtime
 from services.settings import Settings
 from services.transaction import main as transaction_main
@@ -62,6 +63,7 @@ async def pair(streams: StreamNames, nats_url: str, database_url: str) -> AsyncI
         card_metrics_port=card_metrics,
         transaction_metrics_port=transaction_metrics,
     )
+    await provision(settings)
     card = await card_main.start(settings, port=0)
     with_card = dataclasses.replace(settings, card_service_addr=f"127.0.0.1:{card.port}")
     transaction = await transaction_main.start(with_card, port=0, sweep_interval=0.5)

@@ -29,6 +29,7 @@ from services.ledger import main as ledger_main
 from services.localservers import free_port
 from services.notification import main as notification_main
 from services.observability.tracing import tracer_provider
+from services.preflight import migrate, provision
 from services.settings import Settings
 from services.transaction import main as transaction_main
 from tests.e2e.conftest import settings_for
@@ -96,6 +97,8 @@ async def system(streams: StreamNames, nats_url: str, database_url: str) -> Asyn
             webhook_allow_networks="127.0.0.0/8",
             webhook_backoff_base_seconds=0.05,
         )
+        await provision(settings)
+        await migrate(settings)
         card = await card_main.start(settings, port=0, metrics=False)
         settings = dataclasses.replace(settings, card_service_addr=f"127.0.0.1:{card.port}")
         transaction = await transaction_main.start(settings, port=0, metrics=False)

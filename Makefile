@@ -10,7 +10,7 @@ BUILD_IN := requirements/build.in
 RUNTIME_LOCK := requirements/runtime.txt
 DEV_LOCK := requirements/dev.txt
 
-.PHONY: demo test lint typecheck protolint unit proto schema bench clean install lock upgrade
+.PHONY: demo test lint typecheck protolint unit proto schema bench soak faults clean install lock upgrade
 
 demo: $(STAMP)
 	$(BIN)/jetledger demo
@@ -43,6 +43,7 @@ upgrade:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vulture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy contracts eventstore commands projections services bench tests
@@ -60,6 +61,18 @@ schema: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.eventstore_bench
+
+# The fault campaign's long profile (docs/faults.md): >= 20 faults of each kind over >= 50,000
+# commands, on one node and on a 3-node NATS cluster; prints the table, fails on any finding.
+# `make test` runs the short profile (tests/faults/test_campaign.py).
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults.campaign --profile long
+
+# The long soak of issue 16 (docs/soak.md): 1,000,000 commands over 1,000 cards, then over 100,000
+# cards, on the real system; each prints a table per 100k commands and one JSON line at the end.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak_bench --profile long --json | tee soak-long.json
+	$(BIN)/python -m bench.soak_bench --profile wide --json | tee soak-wide.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

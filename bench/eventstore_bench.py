@@ -158,7 +158,9 @@ async def writer_phase(
         units=units,
         latencies=latencies,
         note=f"{stats.messages / max(stats.batches, 1):.0f} msgs/batch, "
-        f"max_batch={max_batch}, max_inflight={max_inflight}",
+        f"max_batch={max_batch}, max_inflight={max_inflight}, "
+        f"failed batches {stats.failed_batches}, bisections {stats.bisections}, "
+        f"retried after rejection {stats.rejected_retries}",
     )
 
 

@@ -128,6 +128,7 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="jetledger-bench-") as tmp:
         nats_server = LocalNats(store_dir=Path(tmp) / "nats").start()
         settings = Settings(
+            security=False,  # a plain local NATS: measures the intake, not TLS
             nats_url=nats_server.url,
             log_format="console",
             log_level="WARNING",

@@ -188,6 +188,7 @@ def rebuild_child(db: str, nats_url: str, streams: StreamNames) -> dict[str, Any
     """Run ``jetledger replay ledger`` as a child: wall time, RSS along the way, its summary."""
     env = {
         **os.environ,
+        "JETLEDGER_SECURITY": "off",  # a plain local NATS
         "JETLEDGER_NATS_URL": nats_url,
         "JETLEDGER_DATABASE_URL": db,
         "JETLEDGER_STREAM": streams.source,

@@ -38,6 +38,7 @@ from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore
 from services.localservers import free_port, local_or_external
 from services.notification.preferences import PreferenceCommands
+from services.security.webhookpolicy import WebhookUrlPolicy
 
 
 class Receiver:
@@ -45,7 +46,6 @@ class Receiver:
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
-        self.requests = 0
         self.port = 0
         self.changed = asyncio.Event()
 
@@ -64,7 +64,6 @@ class Receiver:
                 )
                 lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
                 await reader.readexactly(int(lowered.get("content-length", "0")))
-                self.requests += 1
                 self.arrived.setdefault(lowered.get("webhook-id", ""), now)
                 self.changed.set()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -183,7 +182,8 @@ async def main(rates: list[int], seconds: float, as_json: bool = False) -> None:
         await store.ensure_streams()
         receiver = Receiver()
         server = await receiver.start()
-        await PreferenceCommands(store).set_webhook(
+        local = WebhookUrlPolicy.from_setting("127.0.0.0/8,::1/128")  # the receiver is local
+        await PreferenceCommands(store, url_policy=local).set_webhook(
             "bench-hook",
             "",
             "bench",
@@ -200,6 +200,8 @@ async def main(rates: list[int], seconds: float, as_json: bool = False) -> None:
             "JETLEDGER_NOTIFICATION_PORT": str(free_port()),
             "JETLEDGER_NOTIFICATION_METRICS_PORT": str(free_port()),
             "JETLEDGER_LOG_LEVEL": "WARNING",
+            "JETLEDGER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
+            "JETLEDGER_SECURITY": "off",  # a plain local NATS
         }
         await asyncio.to_thread(prepare_for, "services.notification.main", {**os.environ, **env})
         service = await asyncio.create_subprocess_exec(

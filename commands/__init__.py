@@ -1,8 +1,9 @@
 """The pure core of the write side: commands, the state they are decided on, and the rules.
 
 ``decide(state, command, now) -> Decision`` and ``evolve(state, event) -> state`` do no I/O: the
-shell (``services/transaction``) loads a card's events, folds them, decides, and appends the
-decision's events with compare-and-set on the card's subject family. Only the stdlib, msgspec and
+shell (``services/intake``, run inside the transaction and card services) keeps each card's state
+folded from its events, decides, and appends the decision's events with compare-and-set on the
+card's subject family. Only the stdlib, msgspec and
 ``contracts`` are imported here, so hypothesis can drive the rules directly.
 """
 

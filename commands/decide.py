@@ -22,6 +22,9 @@ Policy (each line a choice the issue left open):
   or voiding a voided hold is ``authorization_not_open``;
 - ``CloseCard`` needs posted == 0 and nothing pending at ``now`` (``balance_not_zero``); holds that
   lapsed but are not yet swept do not block it, and the sweeper can still expire them afterwards;
+- a card's posted balance never exceeds ``MAX_CARD_BALANCE``: a funding, positive adjustment or
+  refund that would carry it beyond is declined ``balance_limit_exceeded`` (so no sequence of
+  valid commands can overflow a card's int64 figures anywhere downstream);
 - ``UpdateCreditLimit`` keeps available ≥ 0: declined ``limit_below_utilisation`` when
   posted + new limit − pending < 0;
 - time per card never runs backwards: decisions use ``state.clock(now)``, and events' ``at`` is it.
@@ -49,7 +52,7 @@ from commands.messages import (
     UpdateCreditLimit,
     VoidTransaction,
 )
-from commands.state import CardState
+from commands.state import REFUNDABLE_POSTINGS, CardState
 from commands.validation import validate
 from contracts import accounts
 from contracts.errors import AlreadyExists, InvalidArgument, NotFound
@@ -68,6 +71,7 @@ from contracts.events import (
     TransactionRefunded,
     TransactionVoided,
 )
+from contracts.money import MAX_CARD_BALANCE
 
 
 def decide(state: CardState, command: Command, now: datetime) -> Decision:
@@ -194,6 +198,8 @@ def _close(state: CardState, command: CloseCard, now: datetime) -> Decision:
 def _fund(state: CardState, command: FundCard, now: datetime) -> Decision:
     if refusal := _refuse_card(state, command, now, command.currency, spending=False):
         return refusal
+    if too_high := _beyond_balance_limit(state, command, now, command.amount):
+        return too_high
     return accept(
         CardFunded(
             **base(command, now),
@@ -209,6 +215,8 @@ def _adjust(state: CardState, command: AdjustBalance, now: datetime) -> Decision
         return refusal
     if -command.amount > state.available(now):
         return _insufficient(state, command, now, -command.amount)
+    if too_high := _beyond_balance_limit(state, command, now, command.amount):
+        return too_high
     return accept(
         BalanceAdjusted(
             **base(command, now),
@@ -313,11 +321,16 @@ def _refund(state: CardState, command: RefundTransaction, now: datetime) -> Deci
         return refusal
     posting = state.postings.get(command.original_transaction_id)
     if posting is None:
-        detail = "no such purchase or capture on this card"
+        detail = (
+            f"no such purchase or capture among the card's last {REFUNDABLE_POSTINGS} "
+            "(older ones are past the refund window)"
+        )
         return decline(state, command, now, "transaction_not_found", detail)
     if command.amount > posting.refundable:
         detail = f"refund {fmt(state, command.amount)} exceeds refundable {fmt(state, posting.refundable)}"
         return decline(state, command, now, "refund_exceeds_captured", detail)
+    if too_high := _beyond_balance_limit(state, command, now, command.amount):
+        return too_high
     return accept(
         TransactionRefunded(
             **base(command, now),
@@ -373,6 +386,19 @@ def _refuse_card(
 def _insufficient(state: CardState, command: Command, now: datetime, amount: int) -> Decision:
     detail = f"asked {fmt(state, amount)}, available {fmt(state, state.available(now))}"
     return decline(state, command, now, "insufficient_funds", detail)
+
+
+def _beyond_balance_limit(
+    state: CardState, command: Command, now: datetime, credit: int
+) -> Decision | None:
+    """Decline when crediting ``credit`` would carry the card's posted balance past the limit."""
+    if credit <= 0 or state.posted + credit <= MAX_CARD_BALANCE:
+        return None
+    detail = (
+        f"posted {fmt(state, state.posted)} + {fmt(state, credit)} exceeds the card balance"
+        f" limit {fmt(state, MAX_CARD_BALANCE)}"
+    )
+    return decline(state, command, now, "balance_limit_exceeded", detail)
 
 
 def _known_id(state: CardState, transaction_id: str) -> bool:

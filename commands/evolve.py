@@ -13,7 +13,16 @@ from typing import TypeVar, assert_never
 
 import msgspec
 
-from commands.state import EMPTY, CardState, ClosedHold, Hold, HoldEnd, Posting
+from commands.state import (
+    CLOSED_HOLDS_KEPT,
+    EMPTY,
+    REFUNDABLE_POSTINGS,
+    CardState,
+    ClosedHold,
+    Hold,
+    HoldEnd,
+    Posting,
+)
 from contracts.events import (
     BalanceAdjusted,
     CardClosed,
@@ -80,9 +89,8 @@ def _apply(state: CardState, event: SourceEvent) -> CardState:
             return _post(state, event.legs)
         case TransactionCreated():
             posting = Posting(merchant_id=event.merchant_id, amount=event.amount)
-            return replace(
-                _post(state, event.legs), postings=_put(state.postings, event.command_id, posting)
-            )
+            postings = _put(state.postings, event.command_id, posting, REFUNDABLE_POSTINGS)
+            return replace(_post(state, event.legs), postings=postings)
         case TransactionAuthorized():
             hold = Hold(
                 merchant_id=event.merchant_id, amount=event.amount, expires_at=event.expires_at
@@ -90,9 +98,8 @@ def _apply(state: CardState, event: SourceEvent) -> CardState:
             return replace(state, holds=_put(state.holds, event.command_id, hold))
         case TransactionCaptured():
             posting = Posting(merchant_id=event.merchant_id, amount=event.amount)
-            state = replace(
-                _post(state, event.legs), postings=_put(state.postings, event.command_id, posting)
-            )
+            postings = _put(state.postings, event.command_id, posting, REFUNDABLE_POSTINGS)
+            state = replace(_post(state, event.legs), postings=postings)
             return _capture(state, event.authorization_id, event.amount)
         case TransactionVoided():
             return _end_hold(state, event.authorization_id, "voided")
@@ -140,11 +147,18 @@ def _close(state: CardState, authorization_id: str, hold: Hold, ended: HoldEnd) 
         merchant_id=hold.merchant_id, amount=hold.amount, captured=hold.captured, ended=ended
     )
     holds = {key: value for key, value in state.holds.items() if key != authorization_id}
-    return replace(
-        state, holds=holds, closed_holds=_put(state.closed_holds, authorization_id, closed)
-    )
+    closed_holds = _put(state.closed_holds, authorization_id, closed, CLOSED_HOLDS_KEPT)
+    return replace(state, holds=holds, closed_holds=closed_holds)
 
 
-def _put(mapping: Mapping[str, _V], key: str, value: _V) -> dict[str, _V]:
-    """Return a copy of ``mapping`` with ``key`` set: states share nothing mutable."""
-    return {**mapping, key: value}
+def _put(mapping: Mapping[str, _V], key: str, value: _V, keep: int | None = None) -> dict[str, _V]:
+    """Return a copy of ``mapping`` with ``key`` set: states share nothing mutable.
+
+    With ``keep``, the copy holds at most that many keys: the oldest inserted leave first (updating
+    a key keeps its place, so a refund does not make a purchase younger).
+    """
+    copy = {**mapping, key: value}
+    if keep is not None:
+        while len(copy) > keep:
+            del copy[next(iter(copy))]
+    return copy

@@ -7,20 +7,33 @@ legs: positive is money the ledger owes the cardholder, negative is what a credi
 ``evolve(state, event, sequence)``; it is the compare-and-set value for the card's subject family.
 A fold without sequences leaves it at 0 (pure tests, ``verify``).
 
-States are immutable: ``evolve`` copies the one mapping an event touches. A purchase therefore
-copies ``postings`` (O(postings) per purchase, ~1 ms per 10^5 postings); a card beyond that would
-want a refund window or a persistent map.
+States are immutable: ``evolve`` copies the one mapping an event touches. So that a card's cost
+does not grow with its age, a state keeps only what decisions need (docs/intake.md, "What a card
+remembers"):
+
+- every open hold (a hold ends by capture, void or expiry, and the sweeper expires lapsed ones);
+- the last ``REFUNDABLE_POSTINGS`` purchases and captures, refundable up to their amount: the
+  refund window is counted in postings, not in time, so it is deterministic in a fold;
+- the last ``CLOSED_HOLDS_KEPT`` ended holds, to answer a late capture or void exactly;
+- the totals (``posted``) and the lifecycle.
+
+An older posting or ended hold is forgotten: a refund of it is ``transaction_not_found``, a
+capture or void of it ``authorization_not_found``. Per event, ``evolve`` copies at most one
+bounded mapping (~1–2 µs at 128 entries).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
 from contracts.events import CardType
+
+REFUNDABLE_POSTINGS: Final = 128  # purchases and captures a refund may still refer to, per card
+CLOSED_HOLDS_KEPT: Final = 128  # ended holds remembered to answer late captures and voids exactly
 
 CardStatus = Literal["active", "frozen", "closed"]
 HoldEnd = Literal["captured", "voided", "expired"]
@@ -80,8 +93,8 @@ class CardState(msgspec.Struct, frozen=True, kw_only=True):
     last4: str = ""  # the only digits of the PAN that exist anywhere
     posted: int = 0
     holds: Mapping[str, Hold] = {}  # open authorizations by authorization id
-    closed_holds: Mapping[str, ClosedHold] = {}
-    postings: Mapping[str, Posting] = {}  # purchases and captures by transaction id
+    closed_holds: Mapping[str, ClosedHold] = {}  # the last CLOSED_HOLDS_KEPT, oldest first
+    postings: Mapping[str, Posting] = {}  # the last REFUNDABLE_POSTINGS, by transaction id
     version: int = 0  # stream sequence of the last event applied (0: none, or not given)
     last_at: datetime | None = None  # latest ``at`` of the events applied: the card's clock
 

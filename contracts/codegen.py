@@ -17,9 +17,14 @@ PROTO_ROOT = ROOT / "proto"
 GEN_ROOT = ROOT / "gen"
 
 
+# Imported protos copied from their packages (google.rpc.Status from googleapis-common-protos):
+# resolvable offline by protoc and buf, never generated here: the package brings their Python code.
+VENDORED = PROTO_ROOT / "google"
+
+
 def proto_files() -> list[Path]:
-    """Every ``.proto`` file of the contracts, sorted."""
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+    """Every ``.proto`` file of jetledger's own contracts, sorted (the vendored ones excluded)."""
+    return sorted(p for p in PROTO_ROOT.rglob("*.proto") if not p.is_relative_to(VENDORED))
 
 
 def generate(out_dir: Path) -> None:

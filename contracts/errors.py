@@ -26,10 +26,13 @@ class AlreadyExists(LedgerError):
 class Declined(LedgerError):
     """A well-formed command was refused by the rules (recorded as a ``declined`` event)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", details: tuple[object, ...] = ()) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        # Typed error details for the wire (``services.outcomes``: ErrorInfo and the recorded
+        # CommandOutcome); empty for a decline that was never recorded.
+        self.details = details
 
 
 class Conflict(LedgerError):

@@ -1,6 +1,6 @@
 """The event catalogue: every fact jetledger records, as frozen, versioned ``msgspec.Struct``s.
 
-Rules (STYLE.md §5): the tag is ``<name>.v<N>``; new fields get defaults; a breaking change is a new
+Rules (CONTRIBUTING.md, convention 5): the tag is ``<name>.v<N>``; new fields get defaults; a breaking change is a new
 version plus an upcaster in ``contracts.codec``. Money is ``int`` minor units plus an ISO-4217 code.
 No event ever carries a full card number or a CVV: cards are known by id and ``last4`` only.
 
@@ -37,6 +37,7 @@ DeclineReason = Literal[
     "limit_below_utilisation",
     "limit_not_applicable",
     "balance_not_zero",
+    "balance_limit_exceeded",
 ]
 
 
@@ -222,11 +223,6 @@ SOURCE_EVENT_TYPES: tuple[type[Event], ...] = (
     TransactionDeclined,
 )
 
-MoneyEvent = (
-    CardFunded | BalanceAdjusted | TransactionCreated | TransactionCaptured | TransactionRefunded
-)
-
-
 # --- the idempotency marker: command.<command_id> -------------------------------------------------
 
 
@@ -297,7 +293,7 @@ class NotifyEvent(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
     ``card_id`` names the card whose preferences change; the empty string is the operator's global
     default, which applies to every card that has not set its own (and whose webhook endpoints
     receive every card's notifications). Preferences are decisions, so they are events: a rebuild of
-    the notification projection keeps them (DESIGN §1).
+    the notification projection keeps them (docs/architecture.md, §1).
     """
 
     subject_suffix: ClassVar[str]
@@ -333,9 +329,3 @@ class WebhookEndpointRemoved(NotifyEvent, frozen=True, tag="notify.webhook_remov
 
 
 PreferenceEvent = NotificationPreferencesSet | WebhookEndpointSet | WebhookEndpointRemoved
-
-PREFERENCE_EVENT_TYPES: tuple[type[NotifyEvent], ...] = (
-    NotificationPreferencesSet,
-    WebhookEndpointSet,
-    WebhookEndpointRemoved,
-)

@@ -10,6 +10,13 @@ from contracts.errors import InvalidArgument
 # parse numbers as doubles (JavaScript) still read every amount exactly; ample for card payments.
 MAX_AMOUNT: Final = 10**15
 
+# Largest posted balance a card may hold, in minor units: a funding, a positive adjustment or a
+# refund that would carry a card beyond it is declined ``balance_limit_exceeded``. It keeps every
+# card figure (posted, available = posted + limit − pending) far inside int64 wherever it travels
+# (events, Postgres bigint, gRPC int64); house and merchant accounts, which sum many cards, are
+# carried as exact numerics instead (docs/ledger.md).
+MAX_CARD_BALANCE: Final = 10**17
+
 # Active ISO-4217 codes and their minor-unit exponents (funds codes and metals excluded).
 CURRENCY_EXPONENTS: Final[dict[str, int]] = {
     "AED": 2, "AFN": 2, "ALL": 2, "AMD": 2, "ANG": 2, "AOA": 2, "ARS": 2, "AUD": 2, "AWG": 2,

@@ -1,4 +1,4 @@
-"""Every NATS subject jetledger uses is built here, and nowhere else (STYLE.md §6).
+"""Every NATS subject jetledger uses is built here, and nowhere else (CONTRIBUTING.md, convention 6).
 
 Subjects go broad → narrow. With the default empty prefix:
 
@@ -11,7 +11,7 @@ Subjects go broad → narrow. With the default empty prefix:
   preferences; ``notify.default.…`` — the operator's global default (source stream)
 
 A card's lifecycle and money events share one compare-and-set family, ``card.<card_id>.>``, so a
-decision is never appended after a card event it did not see (DESIGN §3.6).
+decision is never appended after a card event it did not see (docs/architecture.md, invariant 6).
 
 The prefix (e.g. ``"t1a2b."``) lets tests and tenants run isolated streams on one server; the
 stream name travels with it in ``StreamNames``.
@@ -60,11 +60,6 @@ class Subjects:
         return f"{self.prefix}card.*.{CardIssued.subject_suffix}"
 
     @property
-    def all_money(self) -> str:
-        """Every money event of every card (``transaction.*`` only)."""
-        return f"{self.prefix}card.*.transaction.>"
-
-    @property
     def all_commands(self) -> str:
         return f"{self.prefix}command.>"
 
@@ -72,11 +67,6 @@ class Subjects:
         """The subject of a preference event: one card's, or the operator default's (``""``)."""
         scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
         return f"{self.prefix}notify.{scope}.{event.subject_suffix}"
-
-    def notify_family(self, card_id: str) -> str:
-        """All preference events of one scope (a card, or the operator default for ``""``)."""
-        scope = f"card.{check_id(card_id, 'card_id')}" if card_id else "default"
-        return f"{self.prefix}notify.{scope}.>"
 
     @property
     def all_notify(self) -> str:
@@ -114,7 +104,7 @@ class Subjects:
 class StreamNames:
     """The names of the streams one deployment (or one test) uses, and its subject builder.
 
-    Partition-ready (DESIGN §7): positions always carry the stream name they refer to.
+    Partition-ready (docs/architecture.md, §5): positions always carry the stream name they refer to.
     """
 
     source: str = "LEDGER"

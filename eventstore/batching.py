@@ -16,6 +16,7 @@ from typing import Final
 
 from eventstore import headers as h
 from eventstore.errors import InvalidBatch, StoreError
+from eventstore.integrity import Keyring, sign
 from eventstore.model import Expectation, OutgoingMessage, Position
 
 MAX_BATCH: Final = 1000
@@ -146,8 +147,9 @@ def _check_small(msgs: Sequence[OutgoingMessage]) -> None:
                     )
 
 
-def message_headers(msg: OutgoingMessage) -> dict[str, str]:
-    """Return the NATS headers of one message: the caller's, plus CAS and dedup headers."""
+def message_headers(msg: OutgoingMessage, keyring: Keyring | None = None) -> dict[str, str]:
+    """Return the NATS headers of one message: the caller's, plus CAS and dedup headers, and,
+    given the store's ``keyring``, the MAC over all of it (``eventstore.integrity``)."""
     headers = dict(msg.headers)
     if msg.msg_id is not None:
         headers[h.MSG_ID] = msg.msg_id
@@ -155,6 +157,8 @@ def message_headers(msg: OutgoingMessage) -> dict[str, str]:
         headers[h.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(msg.expect.last_sequence)
         if msg.expect.subject_filter != msg.subject:
             headers[h.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT] = msg.expect.subject_filter
+    if keyring is not None:
+        sign(keyring, msg.subject, msg.data, headers)
     return headers
 
 

@@ -21,7 +21,6 @@ from eventstore.model import Expectation
 # JetStream API err_codes (nats-server server/errors.json) the store tells apart.
 ERR_WRONG_LAST_SEQUENCE: Final = 10071
 ERR_WRONG_LAST_SEQUENCE_CONSTANT: Final = 10164  # a check on a subject already written in the batch
-ERR_DELETE_DENIED: Final = 10057
 ERR_STREAM_NAME_IN_USE: Final = 10058
 ERR_BATCH_INCOMPLETE: Final = 10176
 ERR_BATCH_TOO_LARGE: Final = 10199

@@ -49,6 +49,7 @@ from eventstore.errors import (
     WrongLastSequence,
     translate,
 )
+from eventstore.integrity import stamp
 from eventstore.jetstream import EventStore
 from eventstore.model import OutgoingMessage, Position
 
@@ -101,7 +102,7 @@ class GroupCommitWriter:
 
     async def submit(self, unit: Sequence[OutgoingMessage]) -> list[Position]:
         """Append one unit atomically (possibly with others); return its messages' positions."""
-        msgs = tuple(unit)
+        msgs = stamp(unit)  # in the caller's task: its context names who acts
         check_batch(msgs, self.max_batch)
         if self._closing:
             raise StoreError("the group-commit writer is closed")

@@ -1,4 +1,4 @@
-"""Every NATS header name the event store reads or writes, in one place (STYLE.md §6).
+"""Every NATS header name the event store reads or writes, in one place (CONTRIBUTING.md, convention 6).
 
 Header values are strings on the wire; sequences are decimal integers.
 """
@@ -26,11 +26,15 @@ BATCH_COMMIT_STORE: Final = "1"
 
 TRACEPARENT: Final = "traceparent"
 TRACESTATE: Final = "tracestate"
-"""W3C trace context, carried in NATS headers by the services (STYLE.md §11)."""
+"""W3C trace context names (CONTRIBUTING.md, convention 11). The event store passes a caller's headers
+through unchanged; no service sets these yet (tracing is not wired)."""
 
 MAC: Final = "Jetledger-Mac"
 MAC_KEY_ID: Final = "Jetledger-Mac-Key"
 """Tamper evidence (``eventstore.integrity``): the event's HMAC and the id of the key that made it."""
+
+ACTOR: Final = "Jetledger-Actor"
+"""The acting identity: who caused the event (the authenticated caller, or ``system``); MAC-covered."""
 
 # -- added by the server to direct-get replies and status messages --------------------------------
 
@@ -42,7 +46,6 @@ NUM_PENDING: Final = "Nats-Num-Pending"
 LAST_SEQUENCE: Final = "Nats-Last-Sequence"
 UP_TO_SEQUENCE: Final = "Nats-UpTo-Sequence"
 STATUS: Final = "Status"
-DESCRIPTION: Final = "Description"
 
 # Headers the store owns: an OutgoingMessage may not set them through its ``headers`` mapping.
 RESERVED: Final = frozenset(

@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import contextvars
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
 from eventstore import headers as h
-from eventstore.batching import message_headers
 from eventstore.model import OutgoingMessage, StoredMessage
 
 VERSION: Final = b"jetledger-event-mac-v1"
@@ -43,6 +42,7 @@ COVERED_HEADERS: Final = (
     h.MSG_ID,
     h.EXPECTED_LAST_SUBJECT_SEQUENCE,
     h.EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    h.ACTOR,
 )
 KEY_BYTES: Final = 32
 _KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -106,15 +106,30 @@ def compute(key: bytes, key_id: str, subject: str, data: bytes, wire: Mapping[st
             *(_part(wire.get(name, "").encode()) for name in COVERED_HEADERS),
         ]
     )
-    digest = hmac.new(key, message, hashlib.sha256).digest()
+    digest = hmac.digest(key, message, "sha256")  # the one-shot C path: ~µs per event
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def seal(keyring: Keyring, msg: OutgoingMessage) -> OutgoingMessage:
-    """Return ``msg`` carrying its MAC and key id (made with the keyring's signing key)."""
+def sign(keyring: Keyring, subject: str, data: bytes, wire: dict[str, str]) -> dict[str, str]:
+    """Add the MAC and its key id to ``wire`` (a message's complete outgoing headers); return it.
+
+    The event store calls this for every message it sends when it holds a keyring
+    (``eventstore.batching.message_headers``), so every writer's events are sealed the same way.
+    """
     key_id = keyring.signing_id
-    mac = compute(keyring.keys[key_id], key_id, msg.subject, msg.data, message_headers(msg))
-    return replace(msg, headers={**msg.headers, h.MAC_KEY_ID: key_id, h.MAC: mac})
+    wire[h.MAC_KEY_ID] = key_id
+    wire[h.MAC] = compute(keyring.keys[key_id], key_id, subject, data, wire)
+    return wire
+
+
+def seal(keyring: Keyring, msg: OutgoingMessage) -> OutgoingMessage:
+    """Return ``msg`` carrying its actor, MAC and key id (made with the keyring's signing key)."""
+    from eventstore.batching import message_headers  # batching imports this module
+
+    (msg,) = stamp((msg,))
+    signed = sign(keyring, msg.subject, msg.data, message_headers(msg))
+    extra = {k: signed[k] for k in (h.MAC_KEY_ID, h.MAC)}
+    return replace(msg, headers={**msg.headers, **extra})
 
 
 def check(keyring: Keyring, subject: str, data: bytes, stored: Mapping[str, str]) -> Verdict:
@@ -132,3 +147,49 @@ def check(keyring: Keyring, subject: str, data: bytes, stored: Mapping[str, str]
 def check_stored(keyring: Keyring, msg: StoredMessage) -> Verdict:
     """Check the MAC of a message read from a stream."""
     return check(keyring, msg.subject, msg.data, msg.headers)
+
+
+# -- the acting identity --------------------------------------------------------------------------
+
+SYSTEM: Final = "system"
+"""The actor recorded when no caller is bound: the process itself (a sweeper, a relay, a repair)."""
+
+_ACTOR: Final[contextvars.ContextVar[str | None]] = contextvars.ContextVar(
+    "jetledger_actor", default=None
+)
+
+
+def bind_actor(name: str | None) -> contextvars.Token[str | None]:
+    """Make ``name`` the acting identity of what this task appends (the gRPC auth interceptor)."""
+    return _ACTOR.set(name)
+
+
+def unbind_actor(token: contextvars.Token[str | None]) -> None:
+    """Restore the actor bound before ``bind_actor``."""
+    _ACTOR.reset(token)
+
+
+def current_actor() -> str:
+    """The acting identity to record now (``system`` when no caller is bound)."""
+    return _ACTOR.get() or SYSTEM
+
+
+def stamp(msgs: Sequence[OutgoingMessage]) -> tuple[OutgoingMessage, ...]:
+    """``msgs`` with the ``Jetledger-Actor`` header set to the current actor where missing.
+
+    Called where a unit is handed to the store, in the caller's task (its context holds the
+    caller): ``EventStore.append``/``append_batch``, ``GroupCommitWriter.submit``,
+    ``BatchPublisher.publish``.
+    """
+    actor = current_actor()
+    return tuple(m if h.ACTOR in m.headers else _with_header(m, h.ACTOR, actor) for m in msgs)
+
+
+def _with_header(msg: OutgoingMessage, name: str, value: str) -> OutgoingMessage:
+    """``msg`` with one more header; its fields were validated when it was made, so this copy
+    skips ``__post_init__`` (a regex per message on the write path)."""
+    copy = object.__new__(OutgoingMessage)
+    for slot in ("subject", "data", "expect", "msg_id"):
+        object.__setattr__(copy, slot, getattr(msg, slot))
+    object.__setattr__(copy, "headers", {**msg.headers, name: value})
+    return copy

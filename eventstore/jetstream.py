@@ -39,6 +39,7 @@ from eventstore.errors import (
     from_api_error,
     translate,
 )
+from eventstore.integrity import Keyring, stamp
 from eventstore.model import Loaded, OutgoingMessage, Position, StoredMessage
 from eventstore.provisioning import (
     DEFAULT_DUPLICATE_WINDOW,
@@ -124,10 +125,14 @@ class EventStore:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         read_url: str = "",
+        keyring: Keyring | None = None,
     ) -> None:
         self.nc = nc
         self.names = names
         self.timeout = timeout
+        # Tamper evidence (``eventstore.integrity``): with a keyring, every message this store
+        # sends carries a MAC, and readers that hold it (projections, verify) check each event.
+        self.keyring = keyring
         # Readers open connections of their own (eventstore.wire): to the same servers, as the
         # same user (TLS certificate, credentials, inbox prefix).
         self.wire = WireOptions.from_client(nc)
@@ -181,9 +186,13 @@ class EventStore:
 
     async def append(self, msg: OutgoingMessage) -> Position:
         """Append one message; a duplicate ``msg_id`` returns the original's position."""
+        (msg,) = stamp((msg,))
         try:
             reply = await self.nc.request(
-                msg.subject, msg.data, timeout=self.timeout, headers=message_headers(msg)
+                msg.subject,
+                msg.data,
+                timeout=self.timeout,
+                headers=message_headers(msg, self.keyring),
             )
         except Exception as exc:
             raise translate(exc, expectations([msg])) from exc
@@ -193,7 +202,7 @@ class EventStore:
     async def append_batch(self, msgs: Sequence[OutgoingMessage]) -> list[Position]:
         """Append messages as one ADR-50 atomic batch: all are stored, or none."""
         check_batch(msgs)
-        return await self.send_batch(msgs)
+        return await self.send_batch(stamp(msgs))
 
     async def send_batch(self, msgs: Sequence[OutgoingMessage]) -> list[Position]:
         """Send an already checked atomic batch (see ``append_batch``)."""
@@ -203,7 +212,7 @@ class EventStore:
         last = len(msgs)
         try:
             for index, msg in enumerate(msgs, start=1):
-                headers = message_headers(msg)
+                headers = message_headers(msg, self.keyring)
                 headers[h.BATCH_ID] = batch_id
                 headers[h.BATCH_SEQUENCE] = str(index)
                 if index < last:
@@ -443,7 +452,7 @@ class EventStore:
 
     def batch_publisher(self) -> BatchPublisher:
         """A publisher of atomic batches on a lean connection of its own (for relays)."""
-        return BatchPublisher(self.wire, timeout=max(self.timeout, 10.0))
+        return BatchPublisher(self.wire, timeout=max(self.timeout, 10.0), keyring=self.keyring)
 
     async def subscribe(
         self,

@@ -1,6 +1,6 @@
 """The event store's value types: what goes in, what comes out, and where it landed.
 
-Positions always name their stream (DESIGN §7): the ledger may later be split into several streams
+Positions always name their stream (docs/architecture.md, §5): the ledger may later be split into several streams
 by card, so no sequence is meaningful without the stream it belongs to.
 """
 
@@ -42,11 +42,6 @@ class Expectation:
             raise ValueError(f"invalid subject filter {self.subject_filter!r}")
         if self.last_sequence < 0:
             raise ValueError(f"last_sequence must be >= 0, got {self.last_sequence}")
-
-    @property
-    def is_wildcard(self) -> bool:
-        """Tell whether the filter contains a ``*`` or ``>`` token."""
-        return any(token in ("*", ">") for token in self.subject_filter.split("."))
 
 
 @dataclass(frozen=True, slots=True)

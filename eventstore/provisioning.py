@@ -1,4 +1,4 @@
-"""The configuration of jetledger's streams (DESIGN §3.3, §3.4): immutable, unlimited, durable.
+"""The configuration of jetledger's streams (docs/architecture.md, invariants 3 and 4): immutable, unlimited, durable.
 
 - source stream: every card, command-marker and notification-preference event; atomic batches
   span all of them, so one command's events and its outcome marker are stored together or not at all;

@@ -18,6 +18,7 @@ from nats.nuid import NUID
 from eventstore import headers as h
 from eventstore.batching import batch_positions, check_batch, expectations, message_headers
 from eventstore.errors import InvalidBatch, StoreError, StoreUnavailable, from_api_error
+from eventstore.integrity import Keyring, stamp
 from eventstore.model import OutgoingMessage, Position
 from eventstore.wire import WireConnection, WireOptions, hpub_frame
 
@@ -41,8 +42,11 @@ _ack: Final = msgspec.json.Decoder(_PubAck)
 class BatchPublisher:
     """Publishes atomic batches on a connection of its own; ``close`` when done."""
 
-    def __init__(self, url: str | WireOptions, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str | WireOptions, timeout: float = 10.0, keyring: Keyring | None = None
+    ) -> None:
         self._url = url
+        self._keyring = keyring
         self._timeout = timeout
         self._conn: WireConnection | None = None
         self._nuid = NUID()
@@ -52,17 +56,18 @@ class BatchPublisher:
         if not msgs:
             raise InvalidBatch("an atomic batch needs at least one message")
         check_batch(msgs)
+        msgs = stamp(msgs)
         if self._conn is None or self._conn.closed:
             self._conn = await WireConnection.open(self._url)
         batch_id = self._nuid.next().decode()
         frames = []
         for index, msg in enumerate(msgs[:-1], start=1):
-            headers = message_headers(msg)
+            headers = message_headers(msg, self._keyring)
             headers[h.BATCH_ID] = batch_id
             headers[h.BATCH_SEQUENCE] = str(index)
             frames.append(hpub_frame(msg.subject, headers, msg.data))
         last = msgs[-1]
-        headers = message_headers(last)
+        headers = message_headers(last, self._keyring)
         headers[h.BATCH_ID] = batch_id
         headers[h.BATCH_SEQUENCE] = str(len(msgs))
         headers[h.BATCH_COMMIT] = h.BATCH_COMMIT_STORE

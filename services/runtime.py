@@ -1,7 +1,7 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
 Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
 
-Shutdown order (DESIGN §3.10, issue 3): health goes NOT_SERVING first (load balancers stop
+Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
 """
 
@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.grpc_errors import StatusBoundary
 from services.observability.interceptor import ObservingInterceptor
 from services.observability.logs import ContextFilter, JsonFormatter
 from services.observability.metrics import register_platform_collectors, rpc_metrics
@@ -62,6 +65,7 @@ class Runtime:
     names: Sequence[str]
     port: int
     metrics_port: int | None
+    registry: CollectorRegistry | None = None  # the service's metrics (tests read them directly)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
@@ -83,8 +87,9 @@ class Runtime:
         await self.set_serving(False)
         await self.server.stop(grace)
         for closer in reversed(self._closers):
+            # A closer that hangs (a drain on a dead connection) must not keep the process alive.
             with contextlib.suppress(Exception):
-                await closer()
+                await asyncio.wait_for(closer(), CLOSER_TIMEOUT)
 
 
 async def start_grpc(
@@ -96,17 +101,23 @@ async def start_grpc(
     registry: CollectorRegistry | None = None,
     options: Sequence[tuple[str, Any]] = (),
     security: ServerSecurity | None = None,
+    health_port: int = 0,
 ) -> Runtime:
     """Start an asyncio gRPC server hosting ``services`` plus health and reflection.
 
     With ``security`` the server listens with TLS only and every call passes its access
-    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open.
+    interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
+    ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
     if registry is None:
         registry = CollectorRegistry()  # not exposed: the interceptor still needs one
     register_platform_collectors(registry)
-    # Observed outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too.
-    interceptors: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(rpc_metrics(registry))]
+    # Observed outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too;
+    # then the status boundary, which also wraps what the access interceptor does.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ObservingInterceptor(rpc_metrics(registry)),
+        StatusBoundary(),
+    ]
     if security is not None:
         interceptors.extend(security.interceptors)
     server = grpc.aio.server(
@@ -142,7 +153,16 @@ async def start_grpc(
     await server.start()
     if metrics_port is not None:
         start_http_server(metrics_port, addr=host, registry=registry)
-    runtime = Runtime(server, health_servicer, names, bound, metrics_port)
+    runtime = Runtime(server, health_servicer, names, bound, metrics_port, registry)
+    if health_port:
+        # Kubernetes' gRPC probes cannot speak TLS: they ask this plaintext port, which serves
+        # grpc.health.v1 alone (the same statuses; health answers anyone anyway) and nothing else.
+        probes = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        if probes.add_insecure_port(f"{host}:{health_port}") == 0:
+            raise OSError(f"cannot listen on {host}:{health_port}")
+        await probes.start()
+        runtime.on_close(lambda: probes.stop(0))
     await runtime.set_serving(True)
     log.info("serving", extra={"services": names, "port": bound, "metrics_port": metrics_port})
     return runtime
@@ -161,6 +181,29 @@ async def wait_for_shutdown_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+DRAIN_GRACE: Final = 5.0  # in-flight RPCs get this long to finish after SIGTERM
+CLOSER_TIMEOUT: Final = 3.0  # each resource's close, after the drain
+SHUTDOWN_DEADLINE: Final = 15.0  # then the process exits whatever is still running
+
+
+def _exit_by(deadline: float, service: str) -> None:
+    """Make sure the process is gone ``deadline`` seconds from now, even if its loop is stuck.
+
+    A thread, not the event loop: a loop starved by CPU work or blocked in a call would never run
+    a timer of its own. 15 s is within every grace we deploy with (kustomize: 30 s minus a 5 s
+    preStop; ``jetledger dev``: 15 s before SIGKILL).
+    """
+
+    def force() -> None:
+        log.error("shutdown did not finish in time: exiting now", extra={"service": service})
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(deadline, force)
+    timer.daemon = True
+    timer.start()
+
+
 def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime]]) -> None:
     """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
     settings = Settings.from_env()
@@ -170,7 +213,8 @@ def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime
     async def serve() -> None:
         runtime = await start(settings)
         await wait_for_shutdown_signal()
-        await runtime.stop()
+        _exit_by(SHUTDOWN_DEADLINE, service)
+        await runtime.stop(DRAIN_GRACE)
 
     try:
         asyncio.run(serve())

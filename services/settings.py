@@ -74,7 +74,8 @@ class Settings:
     ledger_fault: str = ""
     # Security (docs/security.md): TLS on every hop, bearer tokens with roles on every RPC, a NATS
     # user per service, MACs on events. `jetledger dev` makes every credential it needs locally.
-    security: bool = False
+    # On by default; JETLEDGER_SECURITY=off turns it all off (debugging only).
+    security: bool = True
     tls_ca_file: str = ""  # the CA that signs the servers' certificates (gRPC, NATS, Postgres)
     tls_cert_file: str = ""  # this service's gRPC server certificate (PEM)
     tls_key_file: str = ""  # its private key
@@ -86,6 +87,9 @@ class Settings:
     event_keys_file: str = ""  # MAC keys of events: one signs, all verify (rotation)
     secret_keys_file: str = ""  # key-encryption keys of webhook secrets (envelope encryption)
     webhook_allow_networks: str = ""  # comma-separated CIDRs webhooks may reach though internal
+    # A plaintext port serving grpc.health.v1 alone, for probes that cannot speak TLS
+    # (Kubernetes' gRPC probes); 0 = none. One per process (each pod has its own).
+    health_port: int = 0
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"
     # Tracing (off by default): an OTLP/gRPC collector, e.g. http://otel-collector:4317

@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from contracts.errors import InvalidArgument, Unavailable
 from eventstore import EventStore, GroupCommitWriter
-from services.security.config import nats_options
+from services.security.config import event_keyring, nats_options
 from services.settings import Settings
 
 log = logging.getLogger("jetledger.nats")
@@ -57,6 +57,12 @@ async def _report(exc: Exception) -> None:
     log.warning("nats: %s", exc or type(exc).__name__)
 
 
+def nats_servers(url: str) -> list[str]:
+    """``JETLEDGER_NATS_URL`` may list several servers of one cluster, comma-separated: the client
+    starts from any of them (a node that is down at start-up is then no obstacle)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     """Connect to ``JETLEDGER_NATS_URL`` as this process's NATS user (TLS + its certificate when
     security is on); a failure is ``Unavailable`` with one line."""
@@ -67,7 +73,10 @@ async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
     options.setdefault("error_cb", _report)
     try:
         return await nats.connect(
-            settings.nats_url, name=f"jetledger-{name}", **nats_options(settings), **options
+            nats_servers(settings.nats_url),
+            name=f"jetledger-{name}",
+            **nats_options(settings),
+            **options,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         reason = str(exc) or "timed out"
@@ -89,7 +98,7 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
         )
     except TimeoutError as exc:
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
-    store = EventStore(nc, settings.streams)
+    store = EventStore(nc, settings.streams, keyring=event_keyring(settings))
     # the intake (a writer) reads only the source stream, and may ask only about it
     needed = [settings.streams.source] if writer else None
     try:
@@ -135,7 +144,7 @@ async def connect_client(settings: Settings, name: str) -> NATS:
     try:
         await asyncio.wait_for(
             client.connect(
-                settings.nats_url,
+                nats_servers(settings.nats_url),
                 name=f"jetledger-{name}",
                 connect_timeout=int(CLIENT_CONNECT_SECONDS),
                 allow_reconnect=False,
@@ -170,7 +179,7 @@ async def command_store(settings: Settings, name: str = "cli") -> AsyncIterator[
     """The event store of a one-shot command (``connect_client``: fails fast, in one line)."""
     nc = await connect_client(settings, name)
     try:
-        yield EventStore(nc, settings.streams)
+        yield EventStore(nc, settings.streams, keyring=event_keyring(settings))
     finally:
         with contextlib.suppress(Exception):
             await nc.close()

@@ -27,7 +27,6 @@ from bench.histories import Events as Events  # re-exported for the tests
 from contracts.codec import encode
 from contracts.events import (
     Event,
-    LedgerEntryCreated,
 )
 from contracts.subjects import StreamNames
 from eventstore import EventStore, derived_stream_config, source_stream_config
@@ -79,19 +78,6 @@ async def append(js: JetStreamContext, streams: StreamNames, *events: Event) -> 
         )
         seqs.append(int(ack.seq))
     return seqs
-
-
-async def publish_entry(
-    js: JetStreamContext, streams: StreamNames, entry: LedgerEntryCreated
-) -> int:
-    """Publish a derived ledger entry (with Nats-Msg-Id = entry id, as the outbox does)."""
-    ack = await js.publish(
-        streams.subjects.entry_created(entry.account_id),
-        encode(entry),
-        stream=streams.derived,
-        headers={"Nats-Msg-Id": entry.entry_id},
-    )
-    return int(ack.seq)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from projections.ledger.schema import (
     projection_tables_sql,
     table,
 )
+from projections.runner import refuse_unsealed
 
 Conn = psycopg.AsyncConnection[Any]
 CATCH_UP_UNDER_LOCK = 2_000  # events: below this gap the catch-up happens inside the swap
@@ -154,6 +155,8 @@ class Rebuild:
 
     def _project(self, messages: list[StoredMessage]) -> int:
         stream = self._streams.source
+        if self._store.keyring is not None:
+            refuse_unsealed(self._store.keyring, messages)  # a forged event is never rebuilt in
         apply = self._projection.apply
         for message in messages:
             apply(decode_event(message.data), stream, message.sequence)

@@ -1,6 +1,6 @@
 """The pure core of the notification projection: which notifications a stream event causes.
 
-No I/O here (STYLE.md rule 1): the Postgres adapter loads the per-card state and preferences,
+No I/O here (CONTRIBUTING.md, convention 1): the Postgres adapter loads the per-card state and preferences,
 calls these functions in stream order and stores what they return, so the same fold can be
 re-run independently (``verify``) and hammered by property tests.
 
@@ -183,7 +183,7 @@ def on_source_event(
                 occurred_at=event.at,
                 message=redact(message + _ending(card)),
                 last4=card.last4,
-                command_id=event.command_id,
+                command_id=redact(event.command_id),
                 source_event_type=_tag(event),
                 stream=stream,
                 sequence=sequence,
@@ -223,7 +223,7 @@ def _low_balance(
         currency=card.currency,
         last4=card.last4,
         balance=card.available,
-        command_id=event.command_id,
+        command_id=redact(event.command_id),
         source_event_type=_tag(event),
         stream=stream,
         sequence=sequence,
@@ -302,7 +302,7 @@ def on_entry(entry: LedgerEntryCreated, stream: str, sequence: int) -> Notificat
         amount=entry.amount,
         currency=entry.currency,
         balance=entry.balance_after,
-        command_id=entry.transaction_id,
+        command_id=redact(entry.transaction_id),
         source_event_type=entry.event_type,
         stream=stream,
         sequence=sequence,

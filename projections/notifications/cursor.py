@@ -4,7 +4,7 @@ A watch cursor holds, for every stream the projection consumes, the ``(sequence,
 notification delivered from it. Each stream's notifications are committed in sequence order by the
 single writer, so "everything after (sequence, sub) in this stream" never skips a row that becomes
 visible later: a reconnecting watcher resumes with no gap and no repeat. Being positions in the
-streams (not row ids), cursors stay valid across a rebuild, and name their stream (DESIGN §7).
+streams (not row ids), cursors stay valid across a rebuild, and name their stream (docs/architecture.md, §5).
 """
 
 from __future__ import annotations

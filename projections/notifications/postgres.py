@@ -5,7 +5,7 @@ in the same transaction and passes only messages above it, so a crash before the
 nothing and a redelivery is never applied twice. Notification ids are stable, so the unique
 constraint also absorbs a ledger entry that the at-least-once outbox published twice.
 
-Side effects belong to the live projector only (DESIGN §5): with ``side_effects=True`` the same
+Side effects belong to the live projector only (docs/architecture.md, §4.5): with ``side_effects=True`` the same
 transaction schedules one webhook delivery per (new notification, endpoint that wants its kind) and
 announces it on the wake-up channel; a rebuild passes ``False`` and schedules nothing.
 """

@@ -42,6 +42,7 @@ from projections.notifications.core import (
 from projections.notifications.postgres import OPERATOR, NotificationProjector
 from projections.notifications.projection import sources
 from projections.notifications.schema import check_schema, ops_schema, projection_ddl, wake_channel
+from projections.runner import refuse_unsealed
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -91,6 +92,8 @@ async def rebuild(
 
     async def apply(got: ReadBatch) -> None:
         if got.messages:
+            if store.keyring is not None:
+                refuse_unsealed(store.keyring, got.messages)  # as the live runner does
             result = await projector.apply(conn, got.stream, got.messages)
             report.notifications += len(result.created)
             last = got.messages[-1]

@@ -30,7 +30,7 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         max_retries=settings.max_conflict_retries,
         metrics=IntakeMetrics(registry),
     )
-    servicer = CardServicer(handler, built.store, settings.streams)
+    servicer = CardServicer(handler, built.store, settings.streams, registry)
     runtime = await start_grpc(
         [GrpcService(SERVICE_NAME, card_pb2_grpc.add_CardServiceServicer_to_server, servicer)],
         settings.host,
@@ -38,6 +38,7 @@ async def start(settings: Settings, *, port: int | None = None, metrics: bool = 
         metrics_port=settings.card_metrics_port if metrics else None,
         registry=registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
     runtime.on_close(built.close)
     return runtime

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter
 
 from commands.messages import (
     CloseCard,
@@ -21,13 +22,14 @@ from commands.messages import (
     UpdateCreditLimit,
 )
 from commands.state import CardState
-from contracts.errors import Declined, InvalidArgument, NotFound
+from contracts.errors import InvalidArgument, NotFound
 from contracts.ids import check_id
 from contracts.subjects import StreamNames
 from eventstore import EventStore
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
 from services.grpc_errors import translate_errors
 from services.intake import CommandHandler, CommandOutcome
+from services.outcomes import declined
 
 CARD_TYPES: Final = {
     card_pb2.CARD_TYPE_DEBIT: "debit",
@@ -66,10 +68,7 @@ def card_response(state: CardState, stream: str, now: datetime) -> card_pb2.Card
 def command_result(outcome: CommandOutcome) -> card_pb2.CommandResult:
     """Render the outcome of a lifecycle command (declines are raised as FAILED_PRECONDITION)."""
     if not outcome.accepted:
-        raise Declined(
-            outcome.reason,
-            f"{outcome.detail} (recorded at {outcome.stream}:{outcome.stream_sequence})",
-        )
+        raise declined(outcome)  # with the recorded outcome as typed details, like a payment
     return card_pb2.CommandResult(
         command_id=outcome.command_id,
         stream_sequence=outcome.stream_sequence,
@@ -81,8 +80,20 @@ def command_result(outcome: CommandOutcome) -> card_pb2.CommandResult:
 class CardServicer(card_pb2_grpc.CardServiceServicer):
     """Answers card lookups from folded state and appends lifecycle commands."""
 
-    def __init__(self, handler: CommandHandler, store: EventStore, streams: StreamNames) -> None:
+    def __init__(
+        self,
+        handler: CommandHandler,
+        store: EventStore,
+        streams: StreamNames,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self._handler = handler
+        registry = registry if registry is not None else CollectorRegistry()
+        self._lookups = Counter(
+            "jetledger_card_lookups_served_total",
+            "GetCard calls answered (or refused) by the card service",
+            registry=registry,
+        )
         self._store = store
         self._stream = streams.source
         self._subjects = streams.subjects
@@ -103,6 +114,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
     async def GetCard(
         self, request: card_pb2.CardRequest, context: Context
     ) -> card_pb2.CardResponse:
+        self._lookups.inc()
         state = await self._card(request.card_id)
         return card_response(state, self._stream, datetime.now(UTC))
 

@@ -32,13 +32,21 @@ def register(subparsers: Subparsers) -> None:
     """Add ``balance`` and ``entries`` unless another area (the ledger's) already has."""
     if "balance" not in subparsers.choices:
         balance = subparsers.add_parser("balance", help="posted, pending and available balance")
-        balance.add_argument("account", metavar="ACCOUNT", help="card-<id>, merchant-<id>, …")
+        balance.add_argument(
+            "account",
+            metavar="ACCOUNT",
+            help="card-<id>, merchant-<id>, house-funding, house-adjustments",
+        )
         balance.add_argument("--as-of", default="", metavar="TIME", help="ISO-8601 time")
         _read_options(balance)
         balance.set_defaults(handler=show_balance)
     if "entries" not in subparsers.choices:
         entries = subparsers.add_parser("entries", help="an account's journal entries")
-        entries.add_argument("account", metavar="ACCOUNT", help="card-<id>, merchant-<id>, …")
+        entries.add_argument(
+            "account",
+            metavar="ACCOUNT",
+            help="card-<id>, merchant-<id>, house-funding, house-adjustments",
+        )
         entries.add_argument("--limit", type=int, default=100, help="at most this many")
         _read_options(entries)
         entries.set_defaults(handler=show_entries)

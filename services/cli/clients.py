@@ -29,7 +29,6 @@ from services.settings import Settings
 DEFAULT_TIMEOUT: Final = 15.0  # seconds; a read-your-writes wait is bounded server-side by less
 CONNECT_TIMEOUT_SECONDS: Final = 2.0  # to establish a channel (TCP + HTTP/2 settings exchange)
 
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 _SETTLED: Final = frozenset(
     {

@@ -56,7 +56,7 @@ class _Signals:
         self.running = False
         self._previous: dict[int, Any] = {}
 
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
         if not self.running:
             raise KeyboardInterrupt  # DevSystem.start() cleans up what it started, then re-raises
         self.stop.set()

@@ -76,6 +76,7 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "jetledger balance alice                    # the card's account, card-alice",
         "jetledger balance alice --at-least-seq 6   # wait until LEDGER:6 is projected",
         "jetledger balance merchant-coffee --json",
+        "jetledger balance house-funding            # top-ups come from here: minus all paid in",
         "jetledger balance alice --as-of 2026-01-31T12:00:00Z",
     ),
     "entries": (

@@ -43,6 +43,7 @@ from projections.ledger.verify import VerifyReport, verify
 from projections.notifications.rebuild import verify as verify_notifications
 from services.cli.parsing import replay_subparsers
 from services.observability.verifymetrics import report_verify
+from services.security.audit import audit_all
 from services.settings import Settings
 from services.wiring import command_database_url, command_store
 
@@ -186,7 +187,17 @@ async def check_projections(
             )  # fmt: skip
             update("notifications", 0, 1)
             notes = await _verify_notifications(db, store, settings.notification_schema, wait)
+            update("event MACs", 0, 1)
+            audit = None if store.keyring is None else await audit_all(store, store.keyring)
             update("done", 1, 1)
+    if audit is None:
+        console.print("[dim]event MACs: security is off here (no keyring); not checked[/]")
+    elif audit.ok:
+        console.print(f"[green]OK[/] event MACs: all {audit.checked} events check")
+    else:
+        for finding in audit.findings:
+            console.print(f"[red]FORGED[/] {finding}")
+        problems += [f"integrity: {finding}" for finding in audit.findings]
     render(report, console)
     problems += [f"ledger: {p}" for p in report.problems()]
     if notes is None:

@@ -23,6 +23,7 @@ from jetledger.notification.v1 import notification_pb2
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from services.cli.clients import Clients, call
 from services.cli.output import money
+from services.outcomes import recorded_outcome
 
 CURRENCY: Final = "USD"
 SETTLE_SECONDS: Final = 15.0  # derived "posted" notices trail the source stream a little
@@ -76,7 +77,6 @@ class _Story:
         self.suffix = suffix
         self.on_step = on_step
         self.result = ScenarioResult(stream=clients.stream)
-        self.seen: set[str] = set()  # transaction ids already submitted in this story
 
     def id(self, name: str) -> str:
         return f"{name}{self.suffix}"
@@ -101,21 +101,23 @@ class _Story:
         try:
             outcome = call(method, request).outcome
         except Declined as declined:
-            # The decline is recorded too: its outcome (and position) can be read back any time.
-            recorded = call(
-                self.c.transactions.GetCommandOutcome,
-                tx.GetCommandOutcomeRequest(transaction_id=request.transaction_id),
-            ).outcome
-            again = request.transaction_id in self.seen
+            # A decline is a recorded outcome, and the error carries it (services.outcomes): its
+            # position, and whether this answer replays an earlier decision.
+            recorded = (
+                recorded_outcome(declined)
+                or call(
+                    self.c.transactions.GetCommandOutcome,
+                    tx.GetCommandOutcomeRequest(transaction_id=request.transaction_id),
+                ).outcome
+            )
+            again = recorded.replayed
             self.record(
                 text,
                 "replayed" if again else "declined",
-                f"{'the original decline, ' if again else ''}{declined.reason}: {recorded.detail}",
+                f"{'the original decline, ' if again else ''}{recorded.reason}: {recorded.detail}",
                 recorded.stream_sequence,
             )
-            self.seen.add(request.transaction_id)
             return
-        self.seen.add(request.transaction_id)
         detail = "the original outcome, nothing appended" if outcome.replayed else "posted"
         self.record(
             text,

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 
+from contracts.errors import Declined
 from jetledger.transaction.v1 import transaction_pb2 as pb
 from services.cli.clients import call, connect
 from services.cli.output import console, money, new_id, parse_amount, position, print_json
+from services.outcomes import recorded_outcome
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -165,7 +167,15 @@ def adjust_tx(args: argparse.Namespace, settings: Settings) -> int:
 
 def _submit(settings: Settings, method: str, request: Any, as_json: bool) -> int:
     with connect(settings) as clients:
-        reply = call(getattr(clients.transactions, method), request)
+        try:
+            reply = call(getattr(clients.transactions, method), request)
+        except Declined as declined:
+            recorded = recorded_outcome(declined)
+            if as_json and recorded is not None:
+                print_json(
+                    recorded
+                )  # the recorded decline for scripts; the line and status 5 follow
+            raise
     if as_json:
         print_json(reply.outcome)
     else:

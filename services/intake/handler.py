@@ -5,9 +5,9 @@ One command becomes one *unit* for the group-commit writer: its events on the ca
 outcome marker on ``command.<id>`` (expected subject sequence 0). The unit is all-or-nothing, so:
 
 - a retry of a command, however late, fails the marker check and replays the recorded outcome
-  (a decline included) — or is ALREADY_EXISTS when the payload differs (DESIGN §3.5);
+  (a decline included) — or is ALREADY_EXISTS when the payload differs (docs/architecture.md, invariant 5);
 - a decision made on a stale view of the card (a freeze, a limit cut, another replica's purchase)
-  fails the family check: reload the tail and decide again (DESIGN §3.6), at most
+  fails the family check: reload the tail and decide again (docs/architecture.md, invariant 6), at most
   ``max_retries`` times, then ABORTED.
 
 A failed check names no culprit (err_code 10071 either way), so after a conflict we read the
@@ -212,7 +212,7 @@ class CommandHandler:
         card_id = command.card_id
         async with self.cards.locked(card_id):
             # Decide on the cached state first: compare-and-set refuses it if the card moved, and
-            # only then do we pay for reading the family's tail (DESIGN §5).
+            # only then do we pay for reading the family's tail (docs/architecture.md, §4.3).
             fresh = False
             for _ in range(self._max_retries + 1):
                 state = await (self.cards.current(card_id) if fresh else self.cards.known(card_id))

@@ -71,6 +71,7 @@ async def serve(
         metrics_port=settings.ledger_metrics_port,
         registry=metrics.registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
     background: set[asyncio.Task[Any]] = set()
 

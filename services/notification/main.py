@@ -34,7 +34,8 @@ from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.observability.tracing import setup_tracing
 from services.preflight import require_notification_schema
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
-from services.security.config import server_security
+from services.security.config import secret_keyring, server_security, webhook_policy
+from services.security.webhookpolicy import guarded_connector_kwargs
 from services.settings import Settings
 from services.wiring import connect_store
 
@@ -85,9 +86,9 @@ async def serve(
     )
     await pool.open(wait=True)
     metrics, waker = NotificationMetrics(), Waker()
-    servicer = NotificationServicer(
-        pool, schema, settings.stream, PreferenceCommands(store), waker, metrics
-    )
+    url_policy, secret_keys = webhook_policy(settings), secret_keyring(settings)
+    commands = PreferenceCommands(store, url_policy=url_policy, secret_keys=secret_keys)
+    servicer = NotificationServicer(pool, schema, settings.stream, commands, waker, metrics)
     runtime = await start_grpc(
         [GrpcService(SERVICE_NAME, add_to_server, servicer)],
         settings.host,
@@ -95,9 +96,23 @@ async def serve(
         metrics_port=settings.notification_metrics_port,
         registry=metrics.registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
-    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
-    dispatcher = WebhookDispatcher(pool, schema, webhook_config(settings), metrics, waker, client)
+    # Every host name is resolved through the URL policy: a name that resolves inward is refused
+    # at the address actually connected to (DNS rebinding gains nothing).
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64, **guarded_connector_kwargs(url_policy))
+    )
+    dispatcher = WebhookDispatcher(
+        pool,
+        schema,
+        webhook_config(settings),
+        metrics,
+        waker,
+        client,
+        url_policy=url_policy,
+        secret_keys=secret_keys,
+    )
     runner = ProjectionRunner(
         NotificationProjection(schema, settings.streams, CommittedEffects(metrics, waker)),
         store,

@@ -1,7 +1,7 @@
 """Preference commands: validate, then append the preference event and its outcome marker.
 
-Preferences are decisions, so they live on the stream (DESIGN §1) and a rebuild keeps them. Each
-command carries a client id and is idempotent forever (DESIGN §3.5): its outcome marker on
+Preferences are decisions, so they live on the stream (docs/architecture.md, §1) and a rebuild keeps them. Each
+command carries a client id and is idempotent forever (docs/architecture.md, invariant 5): its outcome marker on
 ``command.<id>`` is appended in the same atomic batch as the event, expecting an empty subject, so
 the same id with the same request replays the original result, with another request it is
 ``ALREADY_EXISTS``.
@@ -14,7 +14,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -31,7 +30,10 @@ from contracts.events import (
 from contracts.ids import check_id
 from contracts.money import MAX_AMOUNT
 from eventstore import EventStore, Expectation, OutgoingMessage, WrongLastSequence
+from eventstore.integrity import Keyring
 from projections.notifications.core import ALL_KINDS
+from services.security import secretbox
+from services.security.webhookpolicy import WebhookUrlPolicy
 
 MIN_SECRET_LENGTH: Final = 16
 _canonical: Final = msgspec.json.Encoder(order="sorted")
@@ -48,10 +50,23 @@ class CommandResult:
 
 
 class PreferenceCommands:
-    """Turns preference requests into events on the source stream."""
+    """Turns preference requests into events on the source stream.
 
-    def __init__(self, store: EventStore) -> None:
+    ``url_policy`` refuses webhook URLs of internal addresses (``services.security.webhookpolicy``);
+    ``secret_keys`` seals every webhook secret before it reaches the event (and so the table):
+    ``services.security.secretbox``, with the endpoint's scope and id as associated data.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        url_policy: WebhookUrlPolicy | None = None,
+        secret_keys: Keyring | None = None,
+    ) -> None:
         self.store = store
+        self.url_policy = WebhookUrlPolicy() if url_policy is None else url_policy
+        self.secret_keys = secret_keys
 
     async def set_preferences(
         self,
@@ -84,19 +99,23 @@ class PreferenceCommands:
         """Add or replace a webhook endpoint; return the result and any generated secret."""
         _check_scope(command_id, card_id)
         check_id(endpoint_id, "endpoint_id")
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname or len(url) > 2048:
-            raise InvalidArgument("url must be an http:// or https:// URL with a host")
         if secret and len(secret) < MIN_SECRET_LENGTH:
             raise InvalidArgument(f"secret must have at least {MIN_SECRET_LENGTH} characters")
+        await self.url_policy.check(url)  # form, and every address the host resolves to now
         generated = "" if secret else "whsec_" + secrets.token_urlsafe(32)
+        plain = secret or generated
+        stored = plain
+        if self.secret_keys is not None:
+            stored = secretbox.seal(
+                self.secret_keys, plain, secretbox.endpoint_context(card_id, endpoint_id)
+            )
         event = WebhookEndpointSet(
             card_id=card_id,
             command_id=command_id,
             at=datetime.now(UTC),
             endpoint_id=endpoint_id,
             url=url,
-            secret=secret or generated,
+            secret=stored,
         )
         # The request as sent (an empty secret means "generate one") is what a retry repeats.
         request = {**_request_of(event), "secret": secret}

@@ -27,8 +27,10 @@ from opentelemetry import trace
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from contracts.errors import InvalidArgument
 from eventstore import tracing
 from eventstore.headers import TRACEPARENT
+from eventstore.integrity import Keyring
 from projections.notifications.schema import check_schema, ops_schema
 from services.notification.metrics import NotificationMetrics
 from services.notification.signing import (
@@ -41,6 +43,9 @@ from services.notification.signing import (
     sign,
 )
 from services.notification.wakeup import Waker
+from services.security import secretbox
+from services.security.secretbox import SecretUnreadable
+from services.security.webhookpolicy import WebhookUrlPolicy
 
 log = logging.getLogger("jetledger.notification.webhooks")
 
@@ -65,6 +70,7 @@ class WebhookConfig:
 class _Claimed:
     delivery_id: int
     notification_id: str
+    scope: str
     endpoint_id: str
     body: bytes
     attempts: int
@@ -96,8 +102,16 @@ class WebhookDispatcher:
         metrics: NotificationMetrics,
         waker: Waker,
         client: aiohttp.ClientSession,
+        *,
+        url_policy: WebhookUrlPolicy | None = None,
+        secret_keys: Keyring | None = None,
     ) -> None:
+        """``client`` should resolve through the policy (``guarded_connector_kwargs``): that is
+        what refuses a host name that resolves inward at delivery; literal addresses, and the
+        sealed secrets (``secret_keys``), are checked here."""
         self.pool = pool
+        self.url_policy = WebhookUrlPolicy() if url_policy is None else url_policy
+        self.secret_keys = secret_keys
         self.config = config
         self.metrics = metrics
         self.waker = waker
@@ -112,7 +126,7 @@ class WebhookDispatcher:
             "  FROM due WHERE d.delivery_id = due.delivery_id"
             "  RETURNING d.delivery_id, d.notification_id, d.scope, d.endpoint_id, d.body,"
             "  d.attempts, d.traceparent)"
-            " SELECT c.delivery_id, c.notification_id, c.endpoint_id, c.body, c.attempts,"
+            " SELECT c.delivery_id, c.notification_id, c.scope, c.endpoint_id, c.body, c.attempts,"
             "  e.url, e.secret, c.traceparent FROM claimed c LEFT JOIN {s}.webhook_endpoints e"
             "  ON e.card_id = c.scope AND e.endpoint_id = c.endpoint_id"
         ).format(s=s, o=o)
@@ -129,7 +143,6 @@ class WebhookDispatcher:
             " RETURNING u.status, extract(epoch FROM now() - d.created_at)::float8"
         ).format(o=o)
         self._outcomes: list[tuple[int, str, int, str]] = []
-        self._recorded = asyncio.Event()
         self._recording: asyncio.Task[None] | None = None
         self._retry_sql = sql.SQL(
             "UPDATE {o}.deliveries SET last_http_status = %s, last_error = %s,"
@@ -205,13 +218,27 @@ class WebhookDispatcher:
         if item.url is None or item.secret is None:
             await self._finish(item, "cancelled", 0, "endpoint removed")
             return
+        try:
+            # The allow-list may have shrunk since registration; a literal address never
+            # reaches the resolver, so it is checked here.
+            self.url_policy.check_url(item.url)
+            secret = self._open(item.scope, item.endpoint_id, item.secret)
+        except (InvalidArgument, SecretUnreadable) as exc:
+            # Will never succeed: dead-letter at once, with the reason (never the secret).
+            await self._finish(item, "dead", 0, str(exc)[:300])
+            self.metrics.dead_letters.inc()
+            log.error(
+                "webhook refused",
+                extra={"endpoint_id": item.endpoint_id, "scope": item.scope, "error": str(exc)},
+            )
+            return
         stamp = int(time.time())
         headers = {
             "content-type": "application/json",
             HEADER_ID: item.notification_id,
             HEADER_IDEMPOTENCY_KEY: item.notification_id,
             HEADER_TIMESTAMP: str(stamp),
-            HEADER_SIGNATURE: sign(item.secret, item.notification_id, stamp, item.body),
+            HEADER_SIGNATURE: sign(secret, item.notification_id, stamp, item.body),
             HEADER_ATTEMPT: str(item.attempts),
             **tracing.trace_headers(),  # the receiver may continue the trace (unsigned)
         }
@@ -230,7 +257,9 @@ class WebhookDispatcher:
                 error = f"HTTP {status}"
                 trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, error))
         except Exception as exc:  # any failure to get a 2xx is a failed attempt, counted
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            # a refusal by the guarded resolver is the connect error's cause: say why
+            cause = getattr(exc, "os_error", None) or exc
+            error = f"{type(exc).__name__}: {cause}"[:300]
         fields = {
             "command_id": _command_id(item.body),
             "notification_id": item.notification_id,
@@ -253,6 +282,15 @@ class WebhookDispatcher:
             self.metrics.deliveries.labels("failed").inc()
             self.metrics.retries.inc()
             log.warning("webhook failed", extra={**fields, "error": error, "retry_in": delay})
+
+    def _open(self, scope: str, endpoint_id: str, stored: str) -> str:
+        """The endpoint's signing secret, unsealed (a plaintext one from before sealing as is)."""
+        if not secretbox.is_sealed(stored):
+            return stored
+        if self.secret_keys is None:
+            raise SecretUnreadable("the secret is sealed and JETLEDGER_SECRET_KEYS_FILE is not set")
+        context = secretbox.endpoint_context(scope, endpoint_id)  # scope "" = the operator's
+        return secretbox.open_sealed(self.secret_keys, stored, context)
 
     async def _finish(self, item: _Claimed, status: str, http_status: int, error: str) -> None:
         """Queue the outcome for the next batched UPDATE (the row stays leased until then)."""

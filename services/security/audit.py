@@ -9,6 +9,7 @@ before they apply it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 
@@ -55,16 +56,31 @@ async def audit_messages(keyring: Keyring, messages: AsyncIterable[StoredMessage
 
 
 async def audit_stream(
-    store: EventStore, keyring: Keyring, up_to: int | None = None
+    store: EventStore, keyring: Keyring, up_to: int | None = None, *, derived: bool = False
 ) -> AuditReport:
-    """Check every message of the source stream (up to ``up_to``, or its last sequence now)."""
+    """Check every message of the source stream (up to ``up_to``, or its last sequence now), or
+    of the derived stream (the ledger's relay seals its entries the same way)."""
     subjects = store.names.subjects
-    filters = subjects.source_stream_subjects()
+    if derived:
+        stream = store.names.derived
+        filters = subjects.derived_stream_subjects()
+    else:
+        stream = store.names.source
+        filters = subjects.source_stream_subjects()
 
     async def messages() -> AsyncIterable[StoredMessage]:
-        async for message in store.replay(subject_filters=filters):
-            if up_to is not None and message.sequence > up_to:
-                return
-            yield message
+        replay = store.replay(subject_filters=filters, stream=stream, server_filter=False)
+        async with contextlib.aclosing(replay):  # stopping early closes its reader at once
+            async for message in replay:
+                if up_to is not None and message.sequence > up_to:
+                    return
+                yield message
 
     return await audit_messages(keyring, messages())
+
+
+async def audit_all(store: EventStore, keyring: Keyring) -> AuditReport:
+    """Check every message of the source and the derived stream, as they are now."""
+    source = await audit_stream(store, keyring)
+    derived = await audit_stream(store, keyring, derived=True)
+    return AuditReport(source.checked + derived.checked, source.findings + derived.findings)

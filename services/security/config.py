@@ -61,9 +61,11 @@ def secure_locally(settings: Settings, environ: Mapping[str, str] | None = None)
     A local system makes every credential it needs itself, so it is secure by default.
     """
     env = os.environ if environ is None else environ
-    if ENV_PREFIX + "SECURITY" in env or settings.nats_url:
-        return settings
-    return dataclasses.replace(settings, security=True)
+    said = env.get(ENV_PREFIX + "SECURITY")
+    if said is not None:
+        return dataclasses.replace(settings, security=said.lower() in {"1", "true", "yes", "on"})
+    # An external NATS: its users are not ours to make, so the local system runs without.
+    return dataclasses.replace(settings, security=not settings.nats_url)
 
 
 def server_security(settings: Settings) -> ServerSecurity | None:
@@ -127,15 +129,17 @@ def nats_options(settings: Settings) -> dict[str, Any]:
 
 
 def event_keyring(settings: Settings) -> Keyring | None:
-    """The MAC keyring of events, or ``None`` when security is off."""
-    if not settings.security:
+    """The MAC keyring of events: required while security is on, used whenever its file is set
+    (tamper evidence does not depend on TLS), ``None`` when neither."""
+    if not settings.security and not settings.event_keys_file:
         return None
     return _keyring(settings, "event_keys_file")
 
 
 def secret_keyring(settings: Settings) -> Keyring | None:
-    """The keyring that seals webhook secrets, or ``None`` when security is off."""
-    if not settings.security:
+    """The keyring that seals webhook secrets: required while security is on, used whenever its
+    file is set, ``None`` when neither (secrets then stay in plain text: debugging only)."""
+    if not settings.security and not settings.secret_keys_file:
         return None
     return _keyring(settings, "secret_keys_file")
 

@@ -23,6 +23,8 @@ from enum import StrEnum
 from typing import Final
 
 from contracts.ids import check_id
+from eventstore import integrity
+from eventstore.integrity import bind_actor, unbind_actor
 
 
 class Role(StrEnum):
@@ -74,7 +76,7 @@ _CURRENT: Final[contextvars.ContextVar[Identity | None]] = contextvars.ContextVa
 )
 # What events record when security is off (debugging) or no RPC is being served (the sweeper).
 ANONYMOUS: Final = "anonymous"
-SYSTEM: Final = "system"
+SYSTEM: Final = integrity.SYSTEM
 
 
 def current_identity() -> Identity | None:
@@ -88,11 +90,24 @@ def acting_name(default: str = SYSTEM) -> str:
     return default if found is None else found.name
 
 
-def bind(identity: Identity | None) -> contextvars.Token[Identity | None]:
-    """Make ``identity`` the current one (the interceptor calls this; tests may too)."""
-    return _CURRENT.set(identity)
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What ``bind`` changed, for ``unbind`` to restore."""
+
+    identity: contextvars.Token[Identity | None]
+    actor: contextvars.Token[str | None]
 
 
-def unbind(token: contextvars.Token[Identity | None]) -> None:
+def bind(identity: Identity | None) -> Binding:
+    """Make ``identity`` the current one (the interceptor calls this; tests may too).
+
+    Its name also becomes the event store's acting identity (``eventstore.integrity``), so every
+    event appended while serving this call records who made it, under the event's MAC.
+    """
+    return Binding(_CURRENT.set(identity), bind_actor(None if identity is None else identity.name))
+
+
+def unbind(binding: Binding) -> None:
     """Restore the identity that was current before ``bind``."""
-    _CURRENT.reset(token)
+    unbind_actor(binding.actor)
+    _CURRENT.reset(binding.identity)

@@ -5,9 +5,13 @@ Who may do what on the wire (``P`` = the subject prefix, ``SRC``/``DER`` = the s
 
 | user | publishes | reads |
 |---|---|---|
-| ``card``, ``transaction`` (the intake) | ``P card.>``, ``P command.>``, ``P notify.>`` | ``SRC`` |
+| ``card``, ``transaction`` (the intake) | ``P card.>``, ``P command.>`` | ``SRC`` |
 | ``ledger`` | ``P ledger.entry_created.>`` (the outbox relay) | ``SRC``, ``DER`` |
-| ``notification`` | ``P notify.>``, ``P command.>`` while preference commands live there | ``SRC``, ``DER`` |
+| ``notification`` | the three preference subjects, ``P command.>`` (their markers) | ``SRC``, ``DER`` |
+
+The preference subjects are exactly ``P notify.card.*.<suffix>`` and ``P notify.default.<suffix>``
+of the three preference events (preferences set, webhook endpoint set, removed): whoever appends
+preference commands (``preference_writer``) gets those, nobody gets ``P notify.>``.
 | ``reader`` (the CLI: tail, verify, replay) | nothing | ``SRC``, ``DER`` |
 | ``admin`` (provisioning only) | the JetStream API (streams) | the JetStream API |
 
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from contracts.events import NotificationPreferencesSet, WebhookEndpointRemoved, WebhookEndpointSet
 from contracts.subjects import StreamNames
 from services.security.pki import ORGANIZATION
 
@@ -82,22 +87,35 @@ def _reads(stream: str) -> tuple[str, ...]:
     )
 
 
+def preference_subjects(streams: StreamNames) -> tuple[str, ...]:
+    """The exact subjects preference commands append to (every card's, and the default's)."""
+    prefix = streams.subjects.prefix
+    found: list[str] = []
+    for event in (NotificationPreferencesSet, WebhookEndpointSet, WebhookEndpointRemoved):
+        suffix = event.subject_suffix
+        found += [f"{prefix}notify.card.*.{suffix}", f"{prefix}notify.default.{suffix}"]
+    return tuple(found)
+
+
 def users(streams: StreamNames, *, preference_writer: str = "notification") -> list[NatsUser]:
-    """Every user of one deployment; ``preference_writer`` may append ``notify.>`` commands."""
+    """Every user of one deployment; ``preference_writer`` may append preference commands."""
     sub = streams.subjects
     prefix = sub.prefix
     source, derived = streams.source, streams.derived
     common = ("$JS.API.INFO",)
-    notify = (sub.all_notify, sub.all_commands)
-    intake = (f"{prefix}card.>", sub.all_commands, sub.all_notify)
-    found = [
-        NatsUser(name, (*intake, *common, *_reads(source)), (f"{inbox_prefix(name)}.>",))
-        for name in INTAKE
-    ]
+    preferences = (*preference_subjects(streams), sub.all_commands)
+    found = []
+    for name in INTAKE:
+        intake: tuple[str, ...] = (f"{prefix}card.>", sub.all_commands)
+        if name == preference_writer:
+            intake += preference_subjects(streams)
+        found.append(
+            NatsUser(name, (*intake, *common, *_reads(source)), (f"{inbox_prefix(name)}.>",))
+        )
     for name in PROJECTIONS:
         writes: tuple[str, ...] = (sub.all_entries,) if name == "ledger" else ()
         if name == preference_writer:
-            writes += notify
+            writes += preferences
         found.append(
             NatsUser(
                 name,
@@ -112,7 +130,9 @@ def users(streams: StreamNames, *, preference_writer: str = "notification") -> l
             (f"{inbox_prefix(READER)}.>",),
         )
     )
-    found.append(NatsUser(ADMIN, ("$JS.API.>",), (f"{inbox_prefix(ADMIN)}.>",)))
+    # $JS.SNAPSHOT.>: the acks of a stream snapshot and the chunks of a restore (`jetledger
+    # backup` / `restore`, eventstore/backup.py) go to the server there, not to the API
+    found.append(NatsUser(ADMIN, ("$JS.API.>", "$JS.SNAPSHOT.>"), (f"{inbox_prefix(ADMIN)}.>",)))
     return found
 
 

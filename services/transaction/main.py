@@ -58,6 +58,7 @@ async def start(
         metrics_port=settings.transaction_metrics_port if metrics else None,
         registry=registry,
         security=server_security(settings),
+        health_port=settings.health_port,
     )
     sweeper.start()
     runtime.on_close(built.close)

@@ -1,12 +1,11 @@
-"""Translation between ``jetledger.transaction.v1`` messages and the pure core's commands."""
+"""Translation between ``jetledger.transaction.v1`` messages and the pure core's commands, and of
+outcomes into replies (a decline as a typed error detail: ``services.outcomes``, docs/intake.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from commands.messages import (
     AdjustBalance,
@@ -18,11 +17,20 @@ from commands.messages import (
     RefundTransaction,
     VoidTransaction,
 )
-from contracts.errors import InvalidArgument
+from contracts.errors import InvalidArgument, LedgerError
+from contracts.ids import check_id
 from jetledger.transaction.v1 import transaction_pb2 as pb
+from services.grpc_errors import status_of
 from services.intake import CommandOutcome
+from services.outcomes import declined, outcome_message
 
-OUTCOME_ENUM = {"accepted": pb.OUTCOME_ACCEPTED, "declined": pb.OUTCOME_DECLINED}
+__all__ = ["declined", "outcome_message"]  # the servicer's renderers, shared with the card service
+
+
+def _transaction_id(request: object) -> str:
+    # The API calls a command's id ``transaction_id``: a bad one is reported by that name, not by
+    # the core's ``command_id``.
+    return check_id(getattr(request, "transaction_id", ""), "transaction_id")
 
 
 def _money(request: object, field: str = "amount") -> tuple[int, str]:
@@ -36,7 +44,7 @@ def create(request: pb.CreateTransactionRequest) -> Command:
     """A one-step purchase."""
     amount, currency = _money(request)
     return CreateTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         merchant_id=request.merchant_id,
         amount=amount,
@@ -49,7 +57,10 @@ def fund(request: pb.FundCardRequest) -> Command:
     """A top-up or repayment."""
     amount, currency = _money(request)
     return FundCard(
-        command_id=request.transaction_id, card_id=request.card_id, amount=amount, currency=currency
+        command_id=_transaction_id(request),
+        card_id=request.card_id,
+        amount=amount,
+        currency=currency,
     )
 
 
@@ -57,7 +68,7 @@ def adjust(request: pb.AdjustBalanceRequest) -> Command:
     """An operator correction."""
     amount, currency = _money(request)
     return AdjustBalance(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         amount=amount,
         currency=currency,
@@ -73,7 +84,7 @@ def authorize(request: pb.AuthorizeTransactionRequest) -> Command:
         request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
     )
     return AuthorizeTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         merchant_id=request.merchant_id,
         amount=amount,
@@ -87,7 +98,7 @@ def capture(request: pb.CaptureTransactionRequest) -> Command:
     """A full or partial capture of a hold."""
     amount, currency = _money(request)
     return CaptureTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         authorization_id=request.authorization_id,
         amount=amount,
@@ -98,7 +109,7 @@ def capture(request: pb.CaptureTransactionRequest) -> Command:
 def void(request: pb.VoidTransactionRequest) -> Command:
     """Release the rest of a hold."""
     return VoidTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         authorization_id=request.authorization_id,
     )
@@ -108,7 +119,7 @@ def refund(request: pb.RefundTransactionRequest) -> Command:
     """A full or partial refund of a posted purchase or capture."""
     amount, currency = _money(request)
     return RefundTransaction(
-        command_id=request.transaction_id,
+        command_id=_transaction_id(request),
         card_id=request.card_id,
         original_transaction_id=request.original_transaction_id,
         amount=amount,
@@ -135,19 +146,15 @@ def from_submitted(item: pb.TransactionCommand) -> Command:
     return builders[which](getattr(item, which))
 
 
-def outcome_message(outcome: CommandOutcome) -> pb.CommandOutcome:
-    """Render a recorded outcome."""
-    decided_at = Timestamp()
-    decided_at.FromDatetime(outcome.decided_at)
-    return pb.CommandOutcome(
-        transaction_id=outcome.command_id,
-        outcome=OUTCOME_ENUM[outcome.outcome],
-        reason=outcome.reason,
-        detail=outcome.detail,
-        stream_sequence=outcome.stream_sequence,
-        stream=outcome.stream,
-        replayed=outcome.replayed,
-        card_id=outcome.card_id,
-        command_type=outcome.command_type,
-        decided_at=decided_at,
-    )
+def submit_result(outcome: CommandOutcome) -> pb.SubmitResult:
+    """One ``SubmitTransactions`` result: the outcome, and for a decline the very status (typed
+    details included) that the unary RPC would have ended with."""
+    if outcome.accepted:
+        return pb.SubmitResult(outcome=outcome_message(outcome))
+    return pb.SubmitResult(outcome=outcome_message(outcome), status=status_of(declined(outcome)))
+
+
+def submit_error(error: LedgerError) -> pb.SubmitResult:
+    """One ``SubmitTransactions`` result for a command that was not decided (bad input, …)."""
+    status = status_of(error)
+    return pb.SubmitResult(error_code=status.code, error_message=status.message, status=status)

@@ -1,8 +1,9 @@
 """gRPC ``jetledger.transaction.v1.TransactionService``: money commands in, outcomes out.
 
-Unary calls answer a decline with FAILED_PRECONDITION (reason in the ``jetledger-reason``
-trailer); ``SubmitTransactions`` answers each command with its own outcome, declines included,
-and puts per-command errors (bad input, unknown card) in that command's result alone.
+Unary calls answer a decline with FAILED_PRECONDITION carrying the recorded outcome as typed
+details (``services.outcomes``); ``SubmitTransactions`` answers each command with its own outcome,
+declines included, plus the status the unary call would have ended with, and puts per-command
+errors (bad input, unknown card) in that command's result alone.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import grpc
 
 from commands.messages import Command
 from commands.validation import validate
-from contracts.errors import Declined, InvalidArgument, LedgerError
+from contracts.errors import InvalidArgument, LedgerError
 from contracts.ids import check_id
 from jetledger.transaction.v1 import transaction_pb2 as pb
 from jetledger.transaction.v1 import transaction_pb2_grpc
-from services.grpc_errors import status_for, translate_errors
+from services.grpc_errors import translate_errors
 from services.intake import CommandHandler, CommandOutcome
 from services.transaction import mapping
 from services.transaction.cardlookup import CardLookup
@@ -45,10 +46,7 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
     async def _unary(self, command: Command, reply: Callable[..., R]) -> R:
         outcome = await self._decide(command)
         if not outcome.accepted:
-            raise Declined(
-                outcome.reason,
-                f"{outcome.detail} (recorded at {outcome.stream}:{outcome.stream_sequence})".strip(),
-            )
+            raise mapping.declined(outcome)  # FAILED_PRECONDITION with typed details
         return reply(outcome=mapping.outcome_message(outcome))
 
     @translate_errors
@@ -129,8 +127,8 @@ class TransactionServicer(transaction_pb2_grpc.TransactionServiceServicer):
                 raise unknown[item.card_id]
             outcome = await self._handler.handle(item)
         except LedgerError as exc:
-            return pb.SubmitResult(error_code=status_for(exc).value[0], error_message=str(exc))
-        return pb.SubmitResult(outcome=mapping.outcome_message(outcome))
+            return mapping.submit_error(exc)
+        return mapping.submit_result(outcome)
 
     @translate_errors
     async def GetCommandOutcome(

@@ -1,6 +1,6 @@
 """The hold sweeper: appends ``transaction.expired`` for holds whose time has passed.
 
-Decisions never wait for it (an expired hold stops counting the moment it lapses, DESIGN §5);
+Decisions never wait for it (an expired hold stops counting the moment it lapses, docs/architecture.md, §4.3);
 the sweeper exists so projections and notifications *see* the expiry. It reads the stream's
 ``authorized`` events incrementally, and when a hold is due it submits ``ExpireAuthorization``
 under a deterministic command id, so several replicas sweeping at once record it exactly once.

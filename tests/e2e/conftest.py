@@ -22,8 +22,15 @@ from services.transaction import main as transaction_main
 def settings_for(
     streams: StreamNames, nats_url: str, database_url: str, **overrides: object
 ) -> Settings:
-    """Settings that point at the session's servers and this test's own streams."""
+    """Settings that point at the session's servers and this test's own streams.
+
+    Security off: these tests share the session's plain NATS server, each on streams and a subject
+    prefix of its own, and NATS permissions are per deployment (per stream names and prefix). The
+    secure path is covered on systems of their own: ``test_security.py``, the CLI suite
+    (``test_cli_commands.py``), the demo and the README walkthrough.
+    """
     return Settings(
+        security=False,
         nats_url=nats_url,
         database_url=database_url,
         stream=streams.source,

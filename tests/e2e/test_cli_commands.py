@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from contracts.accounts import ADJUSTMENTS, FUNDING
 from services.cli.main import main
 from services.dev import DevSystem, with_free_ports
 from services.dev.system import child_env
@@ -34,17 +36,16 @@ from tests.e2e.support import new_id
 
 @contextlib.contextmanager
 def isolated_system(servers: Servers, data_dir: Path, **overrides: Any) -> Iterator[DevSystem]:
-    """A dev system of its own on the session's servers: fresh database, own streams, free ports."""
+    """A secure dev system of its own: its own NATS (TLS, a user per service, the admin
+    provisions), a fresh database on the session's Postgres, free ports; the CLI calls it over TLS
+    with the operator's token, as a user of `jetledger dev` does."""
     token = uuid.uuid4().hex[:8]
     database = f"jl_{token}"
     with psycopg.connect(servers.database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     settings = Settings(
-        nats_url=servers.nats_url,
+        security=True,
         database_url=make_conninfo(servers.database_url, dbname=database),
-        stream=f"CLI{token}",
-        derived_stream=f"CLI{token}_DERIVED",
-        subject_prefix=f"c{token}.",
         data_dir=data_dir,
         **overrides,
     )
@@ -187,6 +188,28 @@ def test_a_decline_says_its_reason_once(cli: Any, card: str) -> None:
     assert "insufficient_funds" not in recorded.get("detail", "")
 
 
+def test_a_decline_hands_over_its_recorded_outcome_and_a_retry_says_it_replays(
+    cli: Any, card: str
+) -> None:
+    tx_id = new_id("big")
+    argv = ("tx", "authorize", card, "1000.00", "--merchant", "tv-shop", "--id", tx_id, "--json")
+    code, out, err = cli(*argv)
+    first = json.loads(out)  # the typed detail of the decline, for scripts
+    assert code == 5 and first["outcome"] == "OUTCOME_DECLINED", out + err
+    assert first["reason"] == "insufficient_funds" and first["transaction_id"] == tx_id
+    assert int(first["stream_sequence"]) > 0 and not first.get("replayed", False)
+    line = one_line_error(err)
+    assert line.count("insufficient_funds") == 1 and "a retry" not in line, line
+    assert f"recorded at {first['stream']}:{first['stream_sequence']}" in line, line
+
+    code, out, err = cli(*argv)
+    again = json.loads(out)
+    assert code == 5 and again["replayed"] is True, out + err
+    assert again["stream_sequence"] == first["stream_sequence"]
+    line = one_line_error(err)
+    assert line.count("insufficient_funds") == 1 and "a retry" in line, line
+
+
 @pytest.mark.parametrize(
     ("argv", "status", "words"),
     [
@@ -232,6 +255,31 @@ def test_balance_as_of_and_entries(cli: Any, card: str) -> None:
     assert code == 0 and "90.00 USD" in out
 
 
+def test_top_ups_come_from_the_house_funding_account(cli: Any, card: str) -> None:
+    """The account docs/ledger.md and the README name, read through the CLI."""
+    first = ok_json(cli, "tx", "fund", card, "0.01")["stream_sequence"]
+    before = ok_json(cli, "balance", FUNDING, "--at-least-seq", first)["balances"]
+    funded = ok_json(cli, "tx", "fund", card, "12.34")["stream_sequence"]
+    after = ok_json(cli, "balance", FUNDING, "--at-least-seq", funded)["balances"]
+    posted = {b["currency"]: int(b.get("posted", "0")) for b in before}
+    assert {b["currency"]: int(b["posted"]) - posted["USD"] for b in after} == {"USD": -1234}
+    assert FUNDING == "house-funding" and ADJUSTMENTS == "house-adjustments"
+    for document in ("README.md", "docs/ledger.md", "docs/cli.md"):
+        text = (Path(__file__).resolve().parents[2] / document).read_text()
+        assert f"`{FUNDING}`" in text and f"`{ADJUSTMENTS}`" in text, document
+
+
+def test_an_account_with_no_activity_yet_is_a_zero_balance(cli: Any) -> None:
+    """A merchant before its first sale: exit 0, nothing posted. Only an unknown card is exit 3."""
+    code, out, err = cli("balance", f"merchant-{new_id('first-sale')}", "--json")
+    assert code == 0, err
+    assert all(int(b.get("posted", "0")) == 0 for b in json.loads(out).get("balances", []))
+    code, _, err = cli("balance", ADJUSTMENTS, "--json")  # a house account always exists
+    assert code == 0, err
+    code, _, err = cli("balance", new_id("never-issued"))
+    assert code == 3 and "no such card" in one_line_error(err), err
+
+
 def test_events_tail_reads_the_stream(cli: Any, card: str) -> None:
     code, out, _ = cli("events", "tail", "--subject", f"card.{card}.>", "--json")
     assert code == 0
@@ -263,12 +311,15 @@ def test_events_tail_follows_new_events(card: str) -> None:
 def test_replay_and_verify(cli: Any, card: str) -> None:
     code, out, err = cli("verify")
     assert code == 0 and "OK" in out, err
+    assert "━" in err and re.search(r"\d+/\d+", err), err  # verify shows progress on stderr
+    assert "OK event MACs: all" in out  # a secure system: every event's MAC checks
     code, _, err = cli("replay", "ledger")
     assert code == 0, err
     code, out, _ = cli("verify")
     assert code == 0 and "OK" in out
     code, _, err = cli("replay", "notifications")
     assert code == 0, err
+    assert "━" in err and re.search(r"\d+/\d+ messages", err), err  # and so does the replay
     code, _, err = cli("notifications", "verify")
     assert code == 0, err
 

@@ -107,6 +107,7 @@ def env(
 
     asyncio.run(provision())
     values = {
+        "SECURITY": "off",  # the session's plain servers
         "DATA_DIR": str(tmp_path / "no-dev-here"),
         "STREAM": streams.source,
         "DERIVED_STREAM": streams.derived,
@@ -167,6 +168,7 @@ def card_service(
     token = uuid.uuid4().hex[:8]
     port = free_port()
     settings = Settings(
+        security=False,  # the session's plain servers
         nats_url=servers.nats_url,
         database_url=servers.database_url,
         stream=f"U{token}",

@@ -1,4 +1,4 @@
-"""No overdraft under concurrency: two intake processes, 60 clients, one card (DESIGN §3.6)."""
+"""No overdraft under concurrency: two intake processes, 60 clients, one card (docs/architecture.md, invariant 6)."""
 
 from __future__ import annotations
 

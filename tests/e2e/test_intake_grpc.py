@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import ErrorInfo
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from contracts.codec import decode_event
 from contracts.events import TransactionExpired
@@ -356,3 +362,148 @@ async def test_unknown_card_is_not_found(intake: Intake) -> None:
             tx.GetCommandOutcomeRequest(transaction_id="never-sent")
         )
     assert no_outcome.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _typed_details(exc: grpc.aio.AioRpcError) -> tuple[ErrorInfo, tx.CommandOutcome]:
+    """The decline's google.rpc.Status details, read as any gRPC client would (grpcio-status)."""
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    assert status is not None, "a decline carries a google.rpc.Status"
+    assert status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert status.message == exc.details()
+    return _unpack(status)
+
+
+def _unpack(status: status_pb2.Status) -> tuple[ErrorInfo, tx.CommandOutcome]:
+    info, outcome = ErrorInfo(), tx.CommandOutcome()
+    assert [d.TypeName() for d in status.details] == [
+        "google.rpc.ErrorInfo",
+        "jetledger.transaction.v1.CommandOutcome",
+    ]
+    assert status.details[0].Unpack(info) and status.details[1].Unpack(outcome)
+    return info, outcome
+
+
+async def test_a_unary_decline_is_a_typed_error_detail_and_a_replay_says_so(
+    intake: Intake,
+) -> None:
+    card_id = await _card(intake, credit_limit=1_000)
+    request = tx.AuthorizeTransactionRequest(
+        transaction_id=new_id("t"), card_id=card_id, merchant_id="m", amount=usd(1_001)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as first:
+        await intake.transactions.AuthorizeTransaction(request)
+    info, outcome = _typed_details(first.value)
+    assert (info.reason, info.domain) == ("INSUFFICIENT_FUNDS", "jetledger.transaction.v1")
+    assert outcome.outcome == tx.OUTCOME_DECLINED and outcome.reason == "insufficient_funds"
+    assert outcome.detail and "insufficient_funds" not in outcome.detail
+    assert outcome.stream == intake.settings.stream and outcome.stream_sequence > 0
+    assert outcome.transaction_id == request.transaction_id and outcome.card_id == card_id
+    assert outcome.command_type and not outcome.replayed
+    assert dict(info.metadata) == {
+        "reason": "insufficient_funds",
+        "transaction_id": request.transaction_id,
+        "card_id": card_id,
+        "command_type": outcome.command_type,
+        "stream": outcome.stream,
+        "stream_sequence": str(outcome.stream_sequence),
+        "replayed": "false",
+    }
+    assert _reason(first.value) == "insufficient_funds"  # the trailer stays for older clients
+
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await intake.transactions.AuthorizeTransaction(request)
+    info_again, replayed = _typed_details(again.value)
+    assert replayed.replayed and info_again.metadata["replayed"] == "true"
+    assert (replayed.stream_sequence, replayed.reason, replayed.detail) == (
+        outcome.stream_sequence,
+        outcome.reason,
+        outcome.detail,
+    )
+
+
+async def test_submit_gives_a_declined_item_the_same_status_as_the_unary_call(
+    intake: Intake,
+) -> None:
+    card_id = await _card(intake, credit_limit=1_000)
+    declined = tx.CreateTransactionRequest(
+        transaction_id=new_id("t"), card_id=card_id, merchant_id="m", amount=usd(1_001)
+    )
+    accepted = tx.CreateTransactionRequest(
+        transaction_id=new_id("t"), card_id=card_id, merchant_id="m", amount=usd(10)
+    )
+    bad = tx.CreateTransactionRequest(
+        transaction_id="bad id", card_id=card_id, merchant_id="m", amount=usd(1)
+    )
+    batch = tx.SubmitTransactionsRequest(
+        commands=[tx.TransactionCommand(create=r) for r in (declined, accepted, bad)]
+    )
+    first = list((await intake.transactions.SubmitTransactions(batch)).results)
+
+    assert first[1].outcome.outcome == tx.OUTCOME_ACCEPTED and not first[1].HasField("status")
+    info, outcome = _unpack(first[0].status)
+    assert first[0].status.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert outcome == first[0].outcome and not outcome.replayed
+    assert info.reason == "INSUFFICIENT_FUNDS" and info.metadata["replayed"] == "false"
+    assert first[2].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] == first[2].error_code
+    assert first[2].status.message == first[2].error_message
+    assert first[2].error_message.startswith("transaction_id must match"), first[2].error_message
+
+    # The same decline, asked alone: the unary call's status is the batch item's, replayed.
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await intake.transactions.CreateTransaction(declined)
+    unary_info, unary_outcome = _typed_details(unary.value)
+    assert unary_outcome.replayed and unary_info.metadata["replayed"] == "true"
+    unary_outcome.replayed = False
+    assert unary_outcome == outcome
+    fresh_words = first[0].status.message.removesuffix(")")
+    assert unary.value.details() == f"{fresh_words}; a retry, answered with the original decision)"
+
+    again = list((await intake.transactions.SubmitTransactions(batch)).results)
+    assert again[0].outcome.replayed and again[1].outcome.replayed
+    assert _unpack(again[0].status)[1].replayed
+
+
+async def test_a_card_lifecycle_decline_carries_the_same_details(intake: Intake) -> None:
+    card_id = await _card(intake)
+    command_id = new_id("unfreeze")
+    with pytest.raises(grpc.aio.AioRpcError) as declined:
+        await intake.cards.UnfreezeCard(
+            card_pb2.UnfreezeCardRequest(command_id=command_id, card_id=card_id)
+        )
+    info, outcome = _typed_details(declined.value)
+    assert info.reason == "CARD_NOT_FROZEN" and outcome.reason == "card_not_frozen"
+    assert outcome.transaction_id == command_id and outcome.outcome == tx.OUTCOME_DECLINED
+    read = await intake.transactions.GetCommandOutcome(
+        tx.GetCommandOutcomeRequest(transaction_id=command_id)
+    )
+    assert read.outcome.stream_sequence == outcome.stream_sequence
+
+
+async def test_grpcurl_decodes_a_declines_details_through_reflection(intake: Intake) -> None:
+    """A client in another language needs no jetledger code: reflection serves the detail types."""
+    card_id = await _card(intake, credit_limit=1_000)
+    body = json.dumps(
+        {
+            "transaction_id": new_id("t"),
+            "card_id": card_id,
+            "merchant_id": "m",
+            "amount": {"amount": 5_000, "currency": "USD"},
+        }
+    )
+    grpcurl = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "grpcurl"),
+        "-plaintext",
+        "-d",
+        body,
+        f"127.0.0.1:{intake.transaction_runtime.port}",
+        "jetledger.transaction.v1.TransactionService/CreateTransaction",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(grpcurl.communicate(), timeout=60)
+    shown = err.decode()
+    assert grpcurl.returncode != 0 and "FailedPrecondition" in shown, shown
+    assert '"@type":"type.googleapis.com/google.rpc.ErrorInfo"' in shown, shown
+    assert '"reason":"INSUFFICIENT_FUNDS"' in shown, shown
+    assert '"@type":"type.googleapis.com/jetledger.transaction.v1.CommandOutcome"' in shown, shown
+    assert '"outcome":"OUTCOME_DECLINED"' in shown, shown

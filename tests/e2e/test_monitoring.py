@@ -149,8 +149,9 @@ def test_every_rule_and_panel_parses_and_uses_exported_series(
             exported.setdefault(metric, set()).update(labels)
     for metric, labels in parse_exposition(verify_file.read_text()).items():
         exported.setdefault(metric, set()).update(labels)
-    assert servers.nats is not None, "the session's NATS is a local one"
-    with urllib.request.urlopen(f"{servers.nats.monitor_url}/varz", timeout=10) as response:  # noqa: S310
+    nats_server = system.nats or servers.nats  # the system's own NATS, else the session's
+    assert nats_server is not None, "a local NATS whose monitor port we can read"
+    with urllib.request.urlopen(f"{nats_server.monitor_url}/varz", timeout=10) as response:  # noqa: S310
         nats_names = nats_exporter_names(json.loads(response.read()))
     for metric in nats_names:
         exported.setdefault(metric, set())

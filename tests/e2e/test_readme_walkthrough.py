@@ -74,6 +74,9 @@ def test_the_walkthrough_runs_as_written(system: DevSystem) -> None:
     assert "accepted purchase 12.50 USD on card alice" in out
     assert "replayed: the original outcome" in out
     assert "declined, exit status 5" in out and "insufficient_funds" in done.stderr
+    # the decline's recorded outcome (its typed detail), printed by --json; the reason once on stderr
+    assert '"outcome": "OUTCOME_DECLINED"' in out and '"reason": "insufficient_funds"' in out
+    assert done.stderr.count("insufficient_funds") == 1, done.stderr
     assert "187.50 USD" in out  # balance: 200.00 - 12.50, once
     assert "transaction.created.v1" in out  # events tail
     assert "jetledger.card.v1.CardService" in out  # grpcurl list (reflection)

@@ -116,8 +116,10 @@ def test_back_up_lose_the_disks_restore_and_verify_equal(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # Security off: the drill is about the data (TLS and tokens are test_security.py's), and the
+    # system's NATS and Postgres are ours, started on the disks this test destroys.
     base = with_free_ports(
-        Settings(data_dir=tmp_path / "dev", webhook_allow_networks="127.0.0.0/8")
+        Settings(data_dir=tmp_path / "dev", webhook_allow_networks="127.0.0.0/8", security=False)
     )
     settings = disks.settings(base)
     use(settings, monkeypatch)

@@ -1,9 +1,11 @@
 """Security on a real system (``jetledger dev`` with security on, its own NATS and Postgres):
 every RPC of the four services refuses anonymous and wrong-role callers, the operator's token
-works, and a forged card event published with another service's NATS certificate is refused."""
+works, a forged card event published with another service's NATS certificate is refused, and
+every event records the identity that caused it under a MAC that checks."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,11 @@ import nats
 import pytest
 
 from contracts.events import CardFunded
+from eventstore import EventStore
+from eventstore import headers as h
+from eventstore.integrity import Keyring, Verdict, check_stored
 from jetledger.card.v1 import card_pb2, card_pb2_grpc
+from jetledger.notification.v1 import notification_pb2, notification_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.dev import DevSystem, with_free_ports
@@ -177,3 +183,117 @@ def test_plaintext_and_anonymous_nats_are_refused(system: DevSystem) -> None:
 
     with pytest.raises((OSError, nats.errors.Error, TimeoutError)):
         asyncio.run(plain())
+
+
+async def test_every_event_records_who_acted_under_a_mac_that_checks(system: DevSystem) -> None:
+    assert system.credentials is not None
+    creds = system.credentials
+    card = f"who-{uuid.uuid4().hex[:8]}"
+    target = f"127.0.0.1:{system.settings.card_port}"
+    async with grpc.aio.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("card-admin"))
+    ) as ch:
+        await card_pb2_grpc.CardServiceStub(ch).IssueCard(
+            card_pb2.IssueCardRequest(
+                command_id=f"issue-{card}",
+                card_id=card,
+                cardholder_name="Who Acted",
+                card_type=card_pb2.CARD_TYPE_DEBIT,
+                currency="USD",
+                last4="4242",
+            ),
+            timeout=10,
+        )
+    target = f"127.0.0.1:{system.settings.transaction_port}"
+    async with grpc.aio.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("operator"))
+    ) as ch:
+        await transaction_pb2_grpc.TransactionServiceStub(ch).FundCard(
+            tx.FundCardRequest(
+                transaction_id=f"fund-{card}",
+                card_id=card,
+                amount=tx.Money(amount=5, currency="USD"),
+            ),
+            timeout=10,
+        )
+    keyring = Keyring.from_json(creds.event_keys.read_text())
+    nc = await nats.connect(
+        system.settings.nats_url,
+        connect_timeout=5,
+        allow_reconnect=False,
+        **nats_client_options(creds, "reader"),
+    )
+    try:
+        store = EventStore(nc, system.settings.streams)
+        subjects = system.settings.streams.subjects
+        events = (await store.load(subjects.card_family(card))).messages
+        marker = await store.last_by_subject(subjects.command_marker(f"fund-{card}"))
+    finally:
+        await nc.close()
+    assert [m.headers[h.ACTOR] for m in events] == ["card-admin", "operator"]
+    assert marker is not None and marker.headers[h.ACTOR] == "operator"
+    assert all(check_stored(keyring, m) is Verdict.VALID for m in [*events, marker])
+
+
+def test_webhooks_and_card_ids_on_a_secure_system(system: DevSystem) -> None:
+    """The issue's findings, on the real system: an operator-wide endpoint needs the operator, a
+    card's integration cannot remove another card's endpoint, internal URLs are refused even to
+    the operator, and an id shaped like a card number is refused."""
+    assert system.credentials is not None
+    creds = system.credentials
+    target = f"127.0.0.1:{system.settings.notification_port}"
+
+    def set_endpoint(token: str, card: str, url: str) -> grpc.RpcError | None:
+        with grpc.secure_channel(target, grpc_channel_credentials(creds.ca, token)) as ch:
+            try:
+                notification_pb2_grpc.NotificationServiceStub(ch).SetWebhookEndpoint(
+                    notification_pb2.SetWebhookEndpointRequest(
+                        command_id=f"wh-{uuid.uuid4().hex[:8]}",
+                        card_id=card,
+                        endpoint_id="ops",
+                        url=url,
+                    ),
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                return exc
+        return None
+
+    public = "https://example.com/hook"
+    refused = set_endpoint(creds.token("card-admin"), "", public)
+    assert refused is not None and refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    for url, why in (
+        ("http://169.254.169.254/latest/meta-data/", "metadata"),
+        ("http://127.0.0.1:50054/hook", "internal address"),
+    ):
+        refused = set_endpoint(creds.token("operator"), "", url)
+        assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT, url
+        assert why in (refused.details() or ""), refused.details()
+    with grpc.secure_channel(
+        target, grpc_channel_credentials(creds.ca, creds.token("bob-app"))
+    ) as ch:
+        with pytest.raises(grpc.RpcError) as other_card:
+            notification_pb2_grpc.NotificationServiceStub(ch).RemoveWebhookEndpoint(
+                notification_pb2.RemoveWebhookEndpointRequest(
+                    command_id="rm-alice", card_id="alice", endpoint_id="e1"
+                ),
+                timeout=10,
+            )
+        assert other_card.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    card_target = f"127.0.0.1:{system.settings.card_port}"
+    with grpc.secure_channel(
+        card_target, grpc_channel_credentials(creds.ca, creds.token("card-admin"))
+    ) as ch:
+        with pytest.raises(grpc.RpcError) as pan:
+            card_pb2_grpc.CardServiceStub(ch).IssueCard(
+                card_pb2.IssueCardRequest(
+                    command_id="issue-pan",
+                    card_id="4111111111111111",
+                    cardholder_name="Pan Shaped",
+                    card_type=card_pb2.CARD_TYPE_DEBIT,
+                    currency="USD",
+                    last4="1111",
+                ),
+                timeout=10,
+            )
+        assert pan.value.code() == grpc.StatusCode.INVALID_ARGUMENT

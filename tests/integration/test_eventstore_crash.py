@@ -2,7 +2,7 @@
 
 The test runs its own nats-server (in a temporary directory) so the session's server is never
 disturbed. A process kill keeps the page cache, so this proves crash consistency, not durability
-against power loss; ``test_varz`` proves the fsync setting for that (DESIGN §3.4).
+against power loss; ``test_varz`` proves the fsync setting for that (docs/architecture.md, invariant 4).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventstore import EventStore, OutgoingMessage, StoredMessage
+from eventstore import EventStore, OutgoingMessage
 from eventstore.jetstream import READ_BATCH
 
 pytestmark = pytest.mark.timeout(30)
@@ -19,11 +19,6 @@ def subject(store: EventStore, rest: str) -> str:
 
 async def fill(store: EventStore, subjects: list[str]) -> None:
     await store.append_batch([OutgoingMessage(s, f"{i}".encode()) for i, s in enumerate(subjects)])
-
-
-async def collect(messages: object) -> list[StoredMessage]:
-    assert hasattr(messages, "__aiter__")
-    return [m async for m in messages]
 
 
 async def test_load_returns_one_family_in_order_and_its_last_sequence(store: EventStore) -> None:

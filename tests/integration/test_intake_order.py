@@ -1,5 +1,5 @@
 """Decisions in stream order: a card event that lands between a decision's read and its append
-makes the decision start again (DESIGN §3.6), through the real event store."""
+makes the decision start again (docs/architecture.md, invariant 6), through the real event store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Durable acks (DESIGN §3.4): the running server's effective config says ``sync_interval: always``.
+"""Durable acks (docs/architecture.md, invariant 4): the running server's effective config says ``sync_interval: always``.
 
 A ``kill -9`` test cannot prove durability against power loss (the page cache survives a process
 kill), so the proof is the configuration the server itself reports on its monitor endpoint.

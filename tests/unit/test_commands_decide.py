@@ -44,6 +44,7 @@ from contracts.events import (
     TransactionExpired,
     TransactionVoided,
 )
+from contracts.money import MAX_AMOUNT, MAX_CARD_BALANCE
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -506,3 +507,24 @@ def test_a_card_state_survives_a_snapshot() -> None:
     state = ok(ok(state, capture("a-1", 10)), void("a-1"))
     encoded = msgspec.json.encode(state)
     assert msgspec.json.decode(encoded, type=CardState) == state
+
+
+# --- the card balance limit -----------------------------------------------------------------------
+
+
+def test_no_credit_carries_a_card_beyond_its_balance_limit() -> None:
+    """Repeated maximum fundings once pushed a card (and the ledger) past 2^63−1 (issue 10)."""
+    state = issue("debit")
+    for _ in range(MAX_CARD_BALANCE // MAX_AMOUNT):
+        state = ok(state, fund(MAX_AMOUNT))
+    assert state.posted == MAX_CARD_BALANCE
+    decision = declined(state, fund(1), "balance_limit_exceeded")
+    assert "balance limit" in decision.detail
+    declined(state, adjust(1), "balance_limit_exceeded")
+    state = ok(state, adjust(-5))  # taking money out is always possible
+    state = ok(state, buy(MAX_AMOUNT, merchant="m-big"))
+    purchase = next(iter(state.postings))
+    state = ok(state, fund(MAX_AMOUNT))
+    declined(state, refund(purchase, 6), "balance_limit_exceeded")
+    state = ok(state, refund(purchase, 5))
+    assert state.posted == MAX_CARD_BALANCE

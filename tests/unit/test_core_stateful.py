@@ -9,6 +9,7 @@ so holds lapse between and during operations.
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,8 +50,12 @@ from commands import (
 )
 from contracts.errors import AlreadyExists, LedgerError
 from contracts.events import SourceEvent
+from contracts.money import MAX_CARD_BALANCE
 
 CARDS = ("c1", "c2", "c3")
+# ``commands.evolve`` the module (the package exports a function of that name).
+evolve_module: Any = importlib.import_module("commands.evolve")
+WINDOW = 3  # the state's bounds, made tiny here so that histories outgrow them
 MERCHANTS = ("m1", "m2")
 CURRENCIES = ("USD", "EUR")
 START = datetime(2030, 1, 1, tzinfo=UTC)
@@ -84,6 +89,17 @@ class MCard:
     balance: int = 0
     holds: dict[str, MHold] = field(default_factory=dict)
     posted: dict[str, list[Any]] = field(default_factory=dict)  # id -> [amount, refunded, merchant]
+    ended: list[str] = field(default_factory=list)  # ids of ended holds, oldest first
+
+    def forget(self) -> None:
+        """Keep the refund window and the ended holds to their bounds (docs/intake.md)."""
+        while len(self.posted) > WINDOW:
+            del self.posted[next(iter(self.posted))]
+        for auth_id, h in self.holds.items():
+            if h.state != "open" and auth_id not in self.ended:
+                self.ended.append(auth_id)
+        while len(self.ended) > WINDOW:
+            del self.holds[self.ended.pop(0)]
 
     def pending(self, now: datetime) -> int:
         return sum(
@@ -150,9 +166,11 @@ class Model:
         if currency and currency != card.currency:
             return "currency_mismatch"
         if isinstance(cmd, FundCard):
-            return ""
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, AdjustBalance):
-            return "insufficient_funds" if -cmd.amount > card.available(now) else ""
+            if -cmd.amount > card.available(now):
+                return "insufficient_funds"
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, CaptureTransaction | VoidTransaction):
             h = card.holds.get(cmd.authorization_id)
             if h is None:
@@ -172,7 +190,9 @@ class Model:
             p = card.posted.get(cmd.original_transaction_id)
             if p is None:
                 return "transaction_not_found"
-            return "refund_exceeds_captured" if cmd.amount > p[0] - p[1] else ""
+            if cmd.amount > p[0] - p[1]:
+                return "refund_exceeds_captured"
+            return "balance_limit_exceeded" if card.balance + cmd.amount > MAX_CARD_BALANCE else ""
         if isinstance(cmd, FreezeCard):
             return "card_already_frozen" if card.status == "frozen" else ""
         if isinstance(cmd, UnfreezeCard):
@@ -252,6 +272,7 @@ class Model:
                 card.limit = cmd.credit_limit
             case CloseCard():
                 card.status = "closed"
+        card.forget()
 
     def check_accepted(self, cmd: Command, decision: Decision) -> None:
         """Compare an accepted decision's money and releases with what the model expects."""
@@ -275,6 +296,9 @@ def _payload(cmd: Command) -> Command:
 class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        # Tiny bounds, so that refunds, captures and voids of forgotten ids are explored too.
+        self.bounds = (evolve_module.REFUNDABLE_POSTINGS, evolve_module.CLOSED_HOLDS_KEPT)
+        evolve_module.REFUNDABLE_POSTINGS = evolve_module.CLOSED_HOLDS_KEPT = WINDOW
         self.now = START
         self.model = Model()
         self.states: dict[str, CardState] = {}
@@ -580,6 +604,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 mcard.status,
                 mcard.limit,
             )
+            # What the card remembers is exactly the model's bounded window, in the same order.
+            assert list(state.postings) == list(mcard.posted)
+            assert list(state.closed_holds) == mcard.ended
+            assert set(state.holds) == {i for i, h in mcard.holds.items() if h.state == "open"}
 
     @invariant()
     def every_boundary_is_decided_as_the_model_says(self) -> None:
@@ -628,6 +656,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 probes.append(RefundTransaction(command_id=next(ids), original_transaction_id=original,
                                                 amount=value, **base))  # fmt: skip
         return probes
+
+    def teardown(self) -> None:
+        evolve_module.REFUNDABLE_POSTINGS, evolve_module.CLOSED_HOLDS_KEPT = self.bounds
 
     @invariant()
     def folding_the_stream_gives_the_live_state(self) -> None:

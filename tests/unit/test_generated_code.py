@@ -26,3 +26,20 @@ def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
 def test_event_schema_is_current() -> None:
     path = Path(events_schema.__file__).resolve().parent.parent / events_schema.SCHEMA_PATH
     assert path.read_text() == events_schema.render(), "run `make schema`"
+
+
+def test_vendored_protos_are_the_packages_own() -> None:
+    """google/rpc/status.proto is imported by our protos and copied only so that protoc and buf
+    resolve it offline; its Python code comes from googleapis-common-protos, so the copy must be
+    exactly the package's."""
+    from google.rpc import status_pb2
+
+    package_root = Path(status_pb2.__file__).resolve().parents[2]
+    vendored = sorted(codegen.VENDORED.rglob("*.proto"))
+    assert [p.relative_to(codegen.PROTO_ROOT).as_posix() for p in vendored] == [
+        "google/rpc/status.proto"
+    ]
+    for path in vendored:
+        original = package_root / path.relative_to(codegen.PROTO_ROOT)
+        assert path.read_bytes() == original.read_bytes(), f"{path} differs from {original}"
+    assert all(not p.is_relative_to(codegen.VENDORED) for p in codegen.proto_files())

@@ -23,8 +23,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("contracts", "commands", "eventstore", "projections", "services", "bench", "tests")
 SERVICES = ("card", "transaction", "ledger", "notification")
-# the CLI's entry point explains a NATS failure in one line (``services/cli/failures.py``)
-NATS_ROOTS = ("services/wiring.py", "services/dev/", "services/cli/failures.py")
+# the CLI's entry point explains a NATS failure in one line (``services/cli/failures.py``); the
+# gRPC status boundary answers a NATS outage with UNAVAILABLE (``services/grpc_errors.py``)
+NATS_ROOTS = (
+    "services/wiring.py",
+    "services/dev/",
+    "services/cli/failures.py",
+    "services/grpc_errors.py",
+)
 WRITE_SIDE = ("commands/", "services/intake/", "services/card/", "services/transaction/")
 PURE_CORE = ("commands/", "contracts/")
 PURE_ALLOWED = {"msgspec", "contracts", "commands"}

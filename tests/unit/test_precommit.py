@@ -53,12 +53,14 @@ def test_every_hook_is_local_and_runs_a_tool_from_the_venv() -> None:
 
 def test_the_hooks_run_the_makefiles_commands() -> None:
     found = hooks()
-    ruff_check, ruff_format = makefile_commands("lint")
+    ruff_check, ruff_format, vulture = makefile_commands("lint")
     # The Makefile passes "."; pre-commit passes the changed files instead, which ruff then
     # filters through the same excludes (--force-exclude).
     assert shlex.split(found["ruff-check"]["entry"]) == [*ruff_check[:-1], "--force-exclude"]
     assert shlex.split(found["ruff-format"]["entry"]) == [*ruff_format[:-1], "--force-exclude"]
     assert ruff_check[-1] == ruff_format[-1] == "."
+    assert shlex.split(found["vulture"]["entry"]) == vulture
+    assert found["vulture"]["pass_filenames"] is False
     (mypy,) = makefile_commands("typecheck")
     assert shlex.split(found["mypy"]["entry"]) == mypy
     assert found["mypy"]["pass_filenames"] is False

@@ -31,6 +31,7 @@ def cli(
     env = {
         **extra,
         **os.environ,
+        "JETLEDGER_SECURITY": "off",  # the session's plain NATS
         "JETLEDGER_NATS_URL": nats_url,
         "JETLEDGER_DATABASE_URL": db,
         "JETLEDGER_STREAM": streams.source,

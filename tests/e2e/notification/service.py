@@ -55,6 +55,9 @@ class ServiceProcess:
             "JETLEDGER_WEBHOOK_BACKOFF_BASE_SECONDS": "0.05",
             "JETLEDGER_WEBHOOK_BACKOFF_MAX_SECONDS": "0.2",
             "JETLEDGER_WEBHOOK_TIMEOUT_SECONDS": "1.0",
+            "JETLEDGER_SECURITY": "off",  # the session's plain NATS
+            # the test receivers listen on loopback, which webhooks may not reach by default
+            "JETLEDGER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
             **self.extra_env,
             **extra_env,
         }

@@ -16,6 +16,7 @@ import pytest
 from contracts.subjects import StreamNames
 from eventstore import EventStore
 from services.notification.preferences import PreferenceCommands
+from services.security.webhookpolicy import WebhookUrlPolicy
 from tests.e2e.notification.service import ServiceProcess
 from tests.notifykit import (
     Events,
@@ -28,11 +29,13 @@ from tests.notifykit import (
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = "cli-secret-0123456789abcdef"
+LOCAL = WebhookUrlPolicy.from_setting("127.0.0.0/8,::1/128")  # the receiver is on loopback
 
 
 def _cli(service: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        "JETLEDGER_SECURITY": "off",  # the session's plain NATS
         "JETLEDGER_NATS_URL": service.nats_url,
         "JETLEDGER_DATABASE_URL": service.database_url,
         "JETLEDGER_STREAM": service.streams.source,
@@ -75,7 +78,7 @@ async def test_replay_rebuilds_the_same_rows_and_resends_nothing(
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            commands = PreferenceCommands(EventStore(nc, streams))
+            commands = PreferenceCommands(EventStore(nc, streams), url_policy=LOCAL)
             await commands.set_webhook("w1", "c1", "e1", hook.url, SECRET)
             await commands.set_preferences("p1", "", None, None, 50)  # operator: alert below 50%
             card = Events("c1")

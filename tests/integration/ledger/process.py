@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ class LedgerProcess:
             "JETLEDGER_LEDGER_PORT": str(self.port),
             "JETLEDGER_LEDGER_METRICS_PORT": str(self.metrics_port),
             "JETLEDGER_LOG_LEVEL": "INFO",
+            "JETLEDGER_SECURITY": "off",  # the session's plain NATS
             **self.env,
         }
         prepare_for("services.ledger.main", env)  # provision + migrate, as the Jobs do
@@ -127,13 +127,3 @@ class LedgerProcess:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-60:])
         return ""
-
-
-@contextlib.contextmanager
-def ledger_process(**kwargs: object) -> Iterator[LedgerProcess]:
-    """A started ledger process, stopped on exit."""
-    proc = LedgerProcess(**kwargs).start()  # type: ignore[arg-type]
-    try:
-        yield proc
-    finally:
-        proc.stop()

@@ -1,4 +1,4 @@
-"""Exactly-once under faults (DESIGN §3.7, §3.8): the projector runs as a real process and is
+"""Exactly-once under faults (docs/architecture.md, invariants 7 and 8): the projector runs as a real process and is
 killed with SIGKILL at exact points (``JETLEDGER_LEDGER_FAULT``), paused past its ack wait, loses
 Postgres mid-batch, and competes with a second instance. Each time the result must equal a fresh
 replay, with no entry lost or doubled."""

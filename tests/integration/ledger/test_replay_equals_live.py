@@ -1,4 +1,4 @@
-"""Replay equals live (DESIGN §3.9), property-based: hypothesis histories, decided by the pure core
+"""Replay equals live (docs/architecture.md, invariant 9), property-based: hypothesis histories, decided by the pure core
 and by the real intake (compare-and-set, outcome markers, group commit), are projected live, rebuilt from sequence 0, and folded independently — all must agree, agree with
 the pure model's card states, and every currency must sum to zero."""
 

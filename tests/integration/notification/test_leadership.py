@@ -1,4 +1,4 @@
-"""One writer per projection (DESIGN §3.8): a standby projector waits, and takes over when needed."""
+"""One writer per projection (docs/architecture.md, invariant 8): a standby projector waits, and takes over when needed."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,12 +17,14 @@ from psycopg_pool import AsyncConnectionPool
 from contracts.errors import AlreadyExists
 from contracts.subjects import StreamNames
 from eventstore import EventStore
+from eventstore.integrity import Keyring
 from projections.notifications.schema import create_schemas, wake_channel
 from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
 from services.notification.signing import verify
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
+from services.security.webhookpolicy import WebhookUrlPolicy
 from tests.notifykit import (
     Events,
     WebhookReceiver,
@@ -34,6 +37,14 @@ from tests.notifykit import (
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "s3cret-for-tests-0123456789"
+# The receivers listen on loopback: an operator allow-list lets webhooks reach them.
+LOCAL = WebhookUrlPolicy.from_setting("127.0.0.0/8,::1/128")
+SECRET_KEYS = Keyring("s1", {"s1": os.urandom(32)})
+
+
+def commands_on(store: EventStore) -> PreferenceCommands:
+    """Preference commands as the service builds them: URL policy, sealed secrets."""
+    return PreferenceCommands(store, url_policy=LOCAL, secret_keys=SECRET_KEYS)
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +62,16 @@ async def service(
     runner = notification_runner(store, db, metrics=metrics, waker=waker)
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as client:
-        dispatcher = WebhookDispatcher(pool, "notify", config, metrics, waker, client)
+        dispatcher = WebhookDispatcher(
+            pool,
+            "notify",
+            config,
+            metrics,
+            waker,
+            client,
+            url_policy=LOCAL,
+            secret_keys=SECRET_KEYS,
+        )
         tasks = [
             asyncio.create_task(runner.run(stop)),
             asyncio.create_task(dispatcher.run()),
@@ -95,7 +115,7 @@ async def test_signed_delivery_retries_after_500_and_timeout_with_one_idempotenc
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            commands = PreferenceCommands(EventStore(nc, streams))
+            commands = commands_on(EventStore(nc, streams))
             await commands.set_webhook("wh-1", "c1", "e1", hook.url, SECRET)
             card = Events("c1")
             await append(js, streams, card.issue(), card.fund(10_000))
@@ -124,7 +144,7 @@ async def test_dead_letter_after_max_attempts(
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            await PreferenceCommands(EventStore(nc, streams)).set_webhook(
+            await commands_on(EventStore(nc, streams)).set_webhook(
                 "wh-2", "c1", "e1", hook.url, SECRET
             )
             card = Events("c1")
@@ -145,7 +165,7 @@ async def test_preferences_route_kinds_and_operator_endpoints(
         async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
             js = nc.jetstream()
             await create_streams(js, streams)
-            commands = PreferenceCommands(EventStore(nc, streams))
+            commands = commands_on(EventStore(nc, streams))
             await commands.set_webhook("wh-3", "c1", "e1", card_hook.url, SECRET)
             await commands.set_webhook("wh-4", "", "ops", ops_hook.url, SECRET)
             first = await commands.set_preferences("p-1", "c1", ("decline",), None, None)

@@ -259,3 +259,36 @@ async def test_plaintext_callers_cannot_connect(server: Server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await health.Check(health_pb2.HealthCheckRequest(), timeout=3)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_probe_port_serves_plaintext_health_alone(
+    pki: CertificateAuthority, tmp_path: Path
+) -> None:
+    cert = pki.issue("grpc", "localhost", names=LOCAL_NAMES, server=True)
+    table = tmp_path / "tokens.json"
+    write_table(table, [])
+    probe_port = free_port()
+    security = ServerSecurity(
+        grpc_server_credentials(cert.cert, cert.key),
+        (AuthInterceptor(TokenAuthenticator(table)),),
+    )
+    service = card_pb2.DESCRIPTOR.services_by_name["CardService"]
+    add = card_pb2_grpc.add_CardServiceServicer_to_server
+    hosted = [GrpcService(service.full_name, add, stand_in(service, []))]
+    runtime = await start_grpc(
+        hosted, "127.0.0.1", free_port(), security=security, health_port=probe_port
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{probe_port}") as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            cards: Any = card_pb2_grpc.CardServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as absent:
+                await cards.IssueCard(card_pb2.IssueCardRequest(card_id="alice"), timeout=5)
+            assert absent.value.code() == grpc.StatusCode.UNIMPLEMENTED  # health alone
+            await runtime.set_serving(False)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await runtime.stop(0)

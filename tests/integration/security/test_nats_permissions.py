@@ -15,7 +15,12 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from contracts.events import CardFunded
+from contracts.events import (
+    CardFunded,
+    NotificationPreferencesSet,
+    WebhookEndpointRemoved,
+    WebhookEndpointSet,
+)
 from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore
 from services.localservers import LocalNats
@@ -240,3 +245,55 @@ async def test_nobody_reads_another_users_replies(provisioned: Secured) -> None:
     finally:
         await nc.close()
     assert any("subscription" in v.lower() for v in provisioned.violations["ledger"])
+
+
+async def test_preference_commands_publish_only_their_own_subjects(provisioned: Secured) -> None:
+    sub = STREAMS.subjects
+    card = f"pref-{unique_token()}"
+    nc = await provisioned.connect("notification")
+    try:
+        for event in (NotificationPreferencesSet, WebhookEndpointSet, WebhookEndpointRemoved):
+            for scope in (card, ""):
+                assert (await publish(nc, sub.notify_event(scope, event))).stream == STREAMS.source
+        assert (await publish(nc, sub.command_marker(f"m-{card}"))).stream == STREAMS.source
+        provisioned.violations["notification"].clear()
+        for subject in (f"{sub.prefix}notify.card.{card}.forged", f"{sub.prefix}notify.x"):
+            with pytest.raises((TimeoutError, nats.errors.Error)):
+                await publish(nc, subject)
+        await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    refused = " ".join(provisioned.violations["notification"]).lower()
+    assert f"notify.card.{card}.forged" in refused
+
+
+@pytest.mark.parametrize(
+    ("user", "what"),
+    [
+        ("card", "preference"),
+        ("transaction", "preference"),
+        ("ledger", "preference"),
+        ("reader", "preference"),
+        ("admin", "preference"),
+        ("ledger", "marker"),
+        ("reader", "marker"),
+        ("admin", "marker"),
+    ],
+)
+async def test_preferences_and_outcome_markers_are_refused_to_others(
+    provisioned: Secured, user: str, what: str
+) -> None:
+    sub = STREAMS.subjects
+    subject = (
+        sub.notify_event("victim", WebhookEndpointSet)
+        if what == "preference"
+        else sub.command_marker(f"stolen-{unique_token()}")
+    )
+    before = await last_seq(provisioned, STREAMS.source)
+    nc = await provisioned.connect(user)
+    try:
+        with pytest.raises((TimeoutError, nats.errors.Error)):
+            await publish(nc, subject)
+    finally:
+        await nc.close()
+    assert await last_seq(provisioned, STREAMS.source) == before

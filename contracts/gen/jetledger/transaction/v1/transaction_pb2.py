@@ -23,61 +23,62 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*jetledger/transaction/v1/transaction.proto\x12\x18jetledger.transaction.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\x8e\x02\n\x0e\x43ommandOutcome\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x32\n\x07outcome\x18\x02 \x01(\x0e\x32!.jetledger.transaction.v1.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x17\n\x0fstream_sequence\x18\x05 \x01(\x04\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12\x10\n\x08replayed\x18\x07 \x01(\x08\x12\x0f\n\x07\x63\x61rd_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63ommand_type\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x18\x43reateTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"V\n\x19\x43reateTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"k\n\x0f\x46undCardRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12/\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"M\n\x10\x46undCardResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x8f\x01\n\x14\x41\x64justBalanceRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12/\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"R\n\x15\x41\x64justBalanceResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\xd1\x01\n\x1b\x41uthorizeTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"Y\n\x1c\x41uthorizeTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x8f\x01\n\x19\x43\x61ptureTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"W\n\x1a\x43\x61ptureTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"[\n\x16VoidTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x03 \x01(\t\"T\n\x17VoidTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x95\x01\n\x18RefundTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x1f\n\x17original_transaction_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"V\n\x19RefundTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\xfe\x03\n\x12TransactionCommand\x12\x44\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x32.jetledger.transaction.v1.CreateTransactionRequestH\x00\x12\x39\n\x04\x66und\x18\x02 \x01(\x0b\x32).jetledger.transaction.v1.FundCardRequestH\x00\x12@\n\x06\x61\x64just\x18\x03 \x01(\x0b\x32..jetledger.transaction.v1.AdjustBalanceRequestH\x00\x12J\n\tauthorize\x18\x04 \x01(\x0b\x32\x35.jetledger.transaction.v1.AuthorizeTransactionRequestH\x00\x12\x46\n\x07\x63\x61pture\x18\x05 \x01(\x0b\x32\x33.jetledger.transaction.v1.CaptureTransactionRequestH\x00\x12@\n\x04void\x18\x06 \x01(\x0b\x32\x30.jetledger.transaction.v1.VoidTransactionRequestH\x00\x12\x44\n\x06refund\x18\x07 \x01(\x0b\x32\x32.jetledger.transaction.v1.RefundTransactionRequestH\x00\x42\t\n\x07\x63ommand\"[\n\x19SubmitTransactionsRequest\x12>\n\x08\x63ommands\x18\x01 \x03(\x0b\x32,.jetledger.transaction.v1.TransactionCommand\"t\n\x0cSubmitResult\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\"U\n\x1aSubmitTransactionsResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.jetledger.transaction.v1.SubmitResult\"2\n\x18GetCommandOutcomeRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\"V\n\x19GetCommandOutcomeResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome*N\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x14\n\x10OUTCOME_DECLINED\x10\x02\x32\xe5\x08\n\x12TransactionService\x12|\n\x11\x43reateTransaction\x12\x32.jetledger.transaction.v1.CreateTransactionRequest\x1a\x33.jetledger.transaction.v1.CreateTransactionResponse\x12\x61\n\x08\x46undCard\x12).jetledger.transaction.v1.FundCardRequest\x1a*.jetledger.transaction.v1.FundCardResponse\x12p\n\rAdjustBalance\x12..jetledger.transaction.v1.AdjustBalanceRequest\x1a/.jetledger.transaction.v1.AdjustBalanceResponse\x12\x85\x01\n\x14\x41uthorizeTransaction\x12\x35.jetledger.transaction.v1.AuthorizeTransactionRequest\x1a\x36.jetledger.transaction.v1.AuthorizeTransactionResponse\x12\x7f\n\x12\x43\x61ptureTransaction\x12\x33.jetledger.transaction.v1.CaptureTransactionRequest\x1a\x34.jetledger.transaction.v1.CaptureTransactionResponse\x12v\n\x0fVoidTransaction\x12\x30.jetledger.transaction.v1.VoidTransactionRequest\x1a\x31.jetledger.transaction.v1.VoidTransactionResponse\x12|\n\x11RefundTransaction\x12\x32.jetledger.transaction.v1.RefundTransactionRequest\x1a\x33.jetledger.transaction.v1.RefundTransactionResponse\x12\x7f\n\x12SubmitTransactions\x12\x33.jetledger.transaction.v1.SubmitTransactionsRequest\x1a\x34.jetledger.transaction.v1.SubmitTransactionsResponse\x12|\n\x11GetCommandOutcome\x12\x32.jetledger.transaction.v1.GetCommandOutcomeRequest\x1a\x33.jetledger.transaction.v1.GetCommandOutcomeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*jetledger/transaction/v1/transaction.proto\x12\x18jetledger.transaction.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\")\n\x05Money\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\x8e\x02\n\x0e\x43ommandOutcome\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x32\n\x07outcome\x18\x02 \x01(\x0e\x32!.jetledger.transaction.v1.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x17\n\x0fstream_sequence\x18\x05 \x01(\x04\x12\x0e\n\x06stream\x18\x06 \x01(\t\x12\x10\n\x08replayed\x18\x07 \x01(\x08\x12\x0f\n\x07\x63\x61rd_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63ommand_type\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x18\x43reateTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"V\n\x19\x43reateTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"k\n\x0f\x46undCardRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12/\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"M\n\x10\x46undCardResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x8f\x01\n\x14\x41\x64justBalanceRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12/\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"R\n\x15\x41\x64justBalanceResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\xd1\x01\n\x1b\x41uthorizeTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"Y\n\x1c\x41uthorizeTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x8f\x01\n\x19\x43\x61ptureTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"W\n\x1a\x43\x61ptureTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"[\n\x16VoidTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x18\n\x10\x61uthorization_id\x18\x03 \x01(\t\"T\n\x17VoidTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\x95\x01\n\x18RefundTransactionRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rd_id\x18\x02 \x01(\t\x12\x1f\n\x17original_transaction_id\x18\x03 \x01(\t\x12/\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x1f.jetledger.transaction.v1.Money\"V\n\x19RefundTransactionResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\"\xfe\x03\n\x12TransactionCommand\x12\x44\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x32.jetledger.transaction.v1.CreateTransactionRequestH\x00\x12\x39\n\x04\x66und\x18\x02 \x01(\x0b\x32).jetledger.transaction.v1.FundCardRequestH\x00\x12@\n\x06\x61\x64just\x18\x03 \x01(\x0b\x32..jetledger.transaction.v1.AdjustBalanceRequestH\x00\x12J\n\tauthorize\x18\x04 \x01(\x0b\x32\x35.jetledger.transaction.v1.AuthorizeTransactionRequestH\x00\x12\x46\n\x07\x63\x61pture\x18\x05 \x01(\x0b\x32\x33.jetledger.transaction.v1.CaptureTransactionRequestH\x00\x12@\n\x04void\x18\x06 \x01(\x0b\x32\x30.jetledger.transaction.v1.VoidTransactionRequestH\x00\x12\x44\n\x06refund\x18\x07 \x01(\x0b\x32\x32.jetledger.transaction.v1.RefundTransactionRequestH\x00\x42\t\n\x07\x63ommand\"[\n\x19SubmitTransactionsRequest\x12>\n\x08\x63ommands\x18\x01 \x03(\x0b\x32,.jetledger.transaction.v1.TransactionCommand\"\x98\x01\n\x0cSubmitResult\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome\x12\x12\n\nerror_code\x18\x02 \x01(\x05\x12\x15\n\rerror_message\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"U\n\x1aSubmitTransactionsResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.jetledger.transaction.v1.SubmitResult\"2\n\x18GetCommandOutcomeRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\"V\n\x19GetCommandOutcomeResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0b\x32(.jetledger.transaction.v1.CommandOutcome*N\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x14\n\x10OUTCOME_DECLINED\x10\x02\x32\xe5\x08\n\x12TransactionService\x12|\n\x11\x43reateTransaction\x12\x32.jetledger.transaction.v1.CreateTransactionRequest\x1a\x33.jetledger.transaction.v1.CreateTransactionResponse\x12\x61\n\x08\x46undCard\x12).jetledger.transaction.v1.FundCardRequest\x1a*.jetledger.transaction.v1.FundCardResponse\x12p\n\rAdjustBalance\x12..jetledger.transaction.v1.AdjustBalanceRequest\x1a/.jetledger.transaction.v1.AdjustBalanceResponse\x12\x85\x01\n\x14\x41uthorizeTransaction\x12\x35.jetledger.transaction.v1.AuthorizeTransactionRequest\x1a\x36.jetledger.transaction.v1.AuthorizeTransactionResponse\x12\x7f\n\x12\x43\x61ptureTransaction\x12\x33.jetledger.transaction.v1.CaptureTransactionRequest\x1a\x34.jetledger.transaction.v1.CaptureTransactionResponse\x12v\n\x0fVoidTransaction\x12\x30.jetledger.transaction.v1.VoidTransactionRequest\x1a\x31.jetledger.transaction.v1.VoidTransactionResponse\x12|\n\x11RefundTransaction\x12\x32.jetledger.transaction.v1.RefundTransactionRequest\x1a\x33.jetledger.transaction.v1.RefundTransactionResponse\x12\x7f\n\x12SubmitTransactions\x12\x33.jetledger.transaction.v1.SubmitTransactionsRequest\x1a\x34.jetledger.transaction.v1.SubmitTransactionsResponse\x12|\n\x11GetCommandOutcome\x12\x32.jetledger.transaction.v1.GetCommandOutcomeRequest\x1a\x33.jetledger.transaction.v1.GetCommandOutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'jetledger.transaction.v1.transaction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2996
-  _globals['_OUTCOME']._serialized_end=3074
-  _globals['_MONEY']._serialized_start=105
-  _globals['_MONEY']._serialized_end=146
-  _globals['_COMMANDOUTCOME']._serialized_start=149
-  _globals['_COMMANDOUTCOME']._serialized_end=419
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=422
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=580
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=582
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=668
-  _globals['_FUNDCARDREQUEST']._serialized_start=670
-  _globals['_FUNDCARDREQUEST']._serialized_end=777
-  _globals['_FUNDCARDRESPONSE']._serialized_start=779
-  _globals['_FUNDCARDRESPONSE']._serialized_end=856
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=859
-  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=1002
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=1004
-  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=1086
-  _globals['_AUTHORIZETRANSACTIONREQUEST']._serialized_start=1089
-  _globals['_AUTHORIZETRANSACTIONREQUEST']._serialized_end=1298
-  _globals['_AUTHORIZETRANSACTIONRESPONSE']._serialized_start=1300
-  _globals['_AUTHORIZETRANSACTIONRESPONSE']._serialized_end=1389
-  _globals['_CAPTURETRANSACTIONREQUEST']._serialized_start=1392
-  _globals['_CAPTURETRANSACTIONREQUEST']._serialized_end=1535
-  _globals['_CAPTURETRANSACTIONRESPONSE']._serialized_start=1537
-  _globals['_CAPTURETRANSACTIONRESPONSE']._serialized_end=1624
-  _globals['_VOIDTRANSACTIONREQUEST']._serialized_start=1626
-  _globals['_VOIDTRANSACTIONREQUEST']._serialized_end=1717
-  _globals['_VOIDTRANSACTIONRESPONSE']._serialized_start=1719
-  _globals['_VOIDTRANSACTIONRESPONSE']._serialized_end=1803
-  _globals['_REFUNDTRANSACTIONREQUEST']._serialized_start=1806
-  _globals['_REFUNDTRANSACTIONREQUEST']._serialized_end=1955
-  _globals['_REFUNDTRANSACTIONRESPONSE']._serialized_start=1957
-  _globals['_REFUNDTRANSACTIONRESPONSE']._serialized_end=2043
-  _globals['_TRANSACTIONCOMMAND']._serialized_start=2046
-  _globals['_TRANSACTIONCOMMAND']._serialized_end=2556
-  _globals['_SUBMITTRANSACTIONSREQUEST']._serialized_start=2558
-  _globals['_SUBMITTRANSACTIONSREQUEST']._serialized_end=2649
-  _globals['_SUBMITRESULT']._serialized_start=2651
-  _globals['_SUBMITRESULT']._serialized_end=2767
-  _globals['_SUBMITTRANSACTIONSRESPONSE']._serialized_start=2769
-  _globals['_SUBMITTRANSACTIONSRESPONSE']._serialized_end=2854
-  _globals['_GETCOMMANDOUTCOMEREQUEST']._serialized_start=2856
-  _globals['_GETCOMMANDOUTCOMEREQUEST']._serialized_end=2906
-  _globals['_GETCOMMANDOUTCOMERESPONSE']._serialized_start=2908
-  _globals['_GETCOMMANDOUTCOMERESPONSE']._serialized_end=2994
-  _globals['_TRANSACTIONSERVICE']._serialized_start=3077
-  _globals['_TRANSACTIONSERVICE']._serialized_end=4202
+  _globals['_OUTCOME']._serialized_start=3058
+  _globals['_OUTCOME']._serialized_end=3136
+  _globals['_MONEY']._serialized_start=130
+  _globals['_MONEY']._serialized_end=171
+  _globals['_COMMANDOUTCOME']._serialized_start=174
+  _globals['_COMMANDOUTCOME']._serialized_end=444
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=447
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=605
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=607
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=693
+  _globals['_FUNDCARDREQUEST']._serialized_start=695
+  _globals['_FUNDCARDREQUEST']._serialized_end=802
+  _globals['_FUNDCARDRESPONSE']._serialized_start=804
+  _globals['_FUNDCARDRESPONSE']._serialized_end=881
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_start=884
+  _globals['_ADJUSTBALANCEREQUEST']._serialized_end=1027
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_start=1029
+  _globals['_ADJUSTBALANCERESPONSE']._serialized_end=1111
+  _globals['_AUTHORIZETRANSACTIONREQUEST']._serialized_start=1114
+  _globals['_AUTHORIZETRANSACTIONREQUEST']._serialized_end=1323
+  _globals['_AUTHORIZETRANSACTIONRESPONSE']._serialized_start=1325
+  _globals['_AUTHORIZETRANSACTIONRESPONSE']._serialized_end=1414
+  _globals['_CAPTURETRANSACTIONREQUEST']._serialized_start=1417
+  _globals['_CAPTURETRANSACTIONREQUEST']._serialized_end=1560
+  _globals['_CAPTURETRANSACTIONRESPONSE']._serialized_start=1562
+  _globals['_CAPTURETRANSACTIONRESPONSE']._serialized_end=1649
+  _globals['_VOIDTRANSACTIONREQUEST']._serialized_start=1651
+  _globals['_VOIDTRANSACTIONREQUEST']._serialized_end=1742
+  _globals['_VOIDTRANSACTIONRESPONSE']._serialized_start=1744
+  _globals['_VOIDTRANSACTIONRESPONSE']._serialized_end=1828
+  _globals['_REFUNDTRANSACTIONREQUEST']._serialized_start=1831
+  _globals['_REFUNDTRANSACTIONREQUEST']._serialized_end=1980
+  _globals['_REFUNDTRANSACTIONRESPONSE']._serialized_start=1982
+  _globals['_REFUNDTRANSACTIONRESPONSE']._serialized_end=2068
+  _globals['_TRANSACTIONCOMMAND']._serialized_start=2071
+  _globals['_TRANSACTIONCOMMAND']._serialized_end=2581
+  _globals['_SUBMITTRANSACTIONSREQUEST']._serialized_start=2583
+  _globals['_SUBMITTRANSACTIONSREQUEST']._serialized_end=2674
+  _globals['_SUBMITRESULT']._serialized_start=2677
+  _globals['_SUBMITRESULT']._serialized_end=2829
+  _globals['_SUBMITTRANSACTIONSRESPONSE']._serialized_start=2831
+  _globals['_SUBMITTRANSACTIONSRESPONSE']._serialized_end=2916
+  _globals['_GETCOMMANDOUTCOMEREQUEST']._serialized_start=2918
+  _globals['_GETCOMMANDOUTCOMEREQUEST']._serialized_end=2968
+  _globals['_GETCOMMANDOUTCOMERESPONSE']._serialized_start=2970
+  _globals['_GETCOMMANDOUTCOMERESPONSE']._serialized_end=3056
+  _globals['_TRANSACTIONSERVICE']._serialized_start=3139
+  _globals['_TRANSACTIONSERVICE']._serialized_end=4264
 # @@protoc_insertion_point(module_scope)

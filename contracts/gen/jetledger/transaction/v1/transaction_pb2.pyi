@@ -5,6 +5,12 @@ Command intake: every money command is decided on exact state and appended to Je
 Every command carries a client-chosen transaction_id, its idempotency key, forever:
 the same id with the same payload returns the original outcome (a decline included),
 the same id with a different payload is ALREADY_EXISTS.
+
+A decline is a recorded outcome, and every RPC gives it in the same structured form (see
+docs/intake.md, "Declines"): a unary call ends with FAILED_PRECONDITION whose google.rpc.Status
+details hold a google.rpc.ErrorInfo (reason, domain "jetledger.transaction.v1", metadata) and
+the recorded CommandOutcome; a SubmitTransactions result holds the same CommandOutcome and the
+same google.rpc.Status.
 """
 
 from collections import abc as _abc
@@ -13,6 +19,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -88,7 +95,9 @@ class CommandOutcome(_message.Message):
     """Stream sequence of the command's outcome marker; use it for read-your-writes."""
     stream: _builtins.str
     replayed: _builtins.bool
-    """True when this reply replays an earlier identical command."""
+    """True when this reply is a retry answered with the outcome recorded by the first attempt
+    (nothing was decided or appended again); false for the first attempt and for a plain read.
+    """
     card_id: _builtins.str
     command_type: _builtins.str
     @_builtins.property
@@ -541,12 +550,22 @@ class SubmitResult(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     error_code: _builtins.int
-    """Otherwise the gRPC status code (e.g. 3 INVALID_ARGUMENT) and message of this command alone."""
+    """Otherwise the gRPC status code (e.g. 3 INVALID_ARGUMENT) and message of this command alone
+    (the same as status.code and status.message).
+    """
     error_message: _builtins.str
     @_builtins.property
     def outcome(self) -> Global___CommandOutcome:
         """Set when the command was decided (accepted or declined)."""
+
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """Unset when the command was accepted; otherwise exactly the status the unary RPC would have
+        ended with: a decline is FAILED_PRECONDITION with its ErrorInfo and CommandOutcome in details,
+        an error (bad input, unknown card, ...) its code and message.
+        """
 
     def __init__(
         self,
@@ -554,10 +573,11 @@ class SubmitResult(_message.Message):
         outcome: Global___CommandOutcome | None = ...,
         error_code: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_code", b"error_code", "error_message", b"error_message", "outcome", b"outcome", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

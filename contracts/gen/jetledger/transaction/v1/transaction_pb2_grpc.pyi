@@ -5,6 +5,12 @@ Command intake: every money command is decided on exact state and appended to Je
 Every command carries a client-chosen transaction_id, its idempotency key, forever:
 the same id with the same payload returns the original outcome (a decline included),
 the same id with a different payload is ALREADY_EXISTS.
+
+A decline is a recorded outcome, and every RPC gives it in the same structured form (see
+docs/intake.md, "Declines"): a unary call ends with FAILED_PRECONDITION whose google.rpc.Status
+details hold a google.rpc.ErrorInfo (reason, domain "jetledger.transaction.v1", metadata) and
+the recorded CommandOutcome; a SubmitTransactions result holds the same CommandOutcome and the
+same google.rpc.Status.
 """
 
 from collections import abc as _abc

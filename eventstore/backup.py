@@ -20,12 +20,14 @@ from typing import Any, Final
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 
 from contracts.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 
-CHUNK_BYTES: Final = 128 * 1024
+CHUNK_BYTES: Final = 512 * 1024  # under the server's 1 MiB max_payload; what `nats` uses
 API_TIMEOUT: Final = 30.0
-CHUNK_TIMEOUT: Final = 60.0  # between two chunks of a snapshot: a large stream is read from disk
+CHUNK_TIMEOUT: Final = 60.0
+FINISH_TIMEOUT: Final = 3600.0  # between two chunks of a snapshot: a large stream is read from disk
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,14 @@ async def restore_stream(nc: NATS, directory: Path, stream: str) -> dict[str, An
         with data.open("rb") as source:
             for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
                 await nc.request(deliver, chunk, timeout=CHUNK_TIMEOUT)
-        done = await nc.request(deliver, b"", timeout=max(API_TIMEOUT, CHUNK_TIMEOUT))
+        # the server restores the whole stream before it answers this one: may take long
+        done = await nc.request(deliver, b"", timeout=FINISH_TIMEOUT)
+    except NoRespondersError as exc:
+        # seen on a loaded machine with a 100k-message stream: the server dropped the restore's
+        # subscription mid-way ("took too long" in its log); start again on an empty NATS
+        raise Unavailable(
+            f"{what}: the server gave the restore up half-way; delete the stream and retry"
+        ) from exc
     except TimeoutError as exc:
         raise Unavailable(f"{what}: JetStream stopped answering") from exc
     info = _check(json.loads(done.data), what)

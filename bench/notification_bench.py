@@ -32,6 +32,7 @@ import nats
 import psycopg
 
 from bench.histories import Events
+from bench.support import prepare_for
 from contracts.codec import encode
 from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore
@@ -202,6 +203,7 @@ async def main(rates: list[int], seconds: float, as_json: bool = False) -> None:
             "JETLEDGER_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
             "JETLEDGER_SECURITY": "off",  # a plain local NATS
         }
+        await asyncio.to_thread(prepare_for, "services.notification.main", {**os.environ, **env})
         service = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.notification.main", env=env, stderr=subprocess.DEVNULL
         )

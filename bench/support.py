@@ -24,10 +24,44 @@ def service_env(settings: Settings, **overrides: object) -> dict[str, str]:
     return env
 
 
-def spawn_service(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m <module>`` as a child process, logging to ``log_path``."""
+_PREPARED: set[tuple[str, ...]] = set()
+
+
+def prepare_for(module: str, env: dict[str, str]) -> None:
+    """Run what the Kubernetes Jobs run before ``module`` may start: ``jetledger provision``
+    (every service needs the streams) and, for the projectors, ``jetledger migrate``; once per
+    system (NATS, streams, database)."""
     import sys
 
+    steps = [["provision"]]
+    if module == "services.ledger.main":
+        steps.append(["migrate", "--only", "ledger"])
+    if module == "services.notification.main":
+        steps.append(["migrate", "--only", "notifications"])
+    for step in steps:
+        where = (env.get(f"JETLEDGER_{k}", "") for k in ("NATS_URL", "STREAM", "DATABASE_URL"))
+        key = (*step, *where)
+        if key in _PREPARED:
+            continue
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "jetledger"), *step],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"jetledger {' '.join(step)} failed: {done.stderr.strip()}")
+        _PREPARED.add(key)
+
+
+def spawn_service(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m <module>`` as a child process (after ``prepare_for``), logging to
+    ``log_path``."""
+    import sys
+
+    prepare_for(module, env)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT

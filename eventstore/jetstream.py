@@ -189,6 +189,18 @@ class EventStore:
         ):
             await self._ensure_stream(config)
 
+    async def missing_streams(self, names: Sequence[str] | None = None) -> list[str]:
+        """Which of ``names`` (default: the source and derived streams) do not exist."""
+        missing: list[str] = []
+        for name in (self.names.source, self.names.derived) if names is None else names:
+            try:
+                await self._js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                missing.append(name)
+            except Exception as exc:
+                raise translate(exc) from exc
+        return missing
+
     async def _ensure_stream(self, config: StreamConfig) -> None:
         try:
             await self._js.add_stream(config)

@@ -36,6 +36,7 @@ import psycopg
 from contracts.errors import Unavailable
 from eventstore import EventStore, ReadBatch, StoredMessage, Subscription
 from eventstore.integrity import Keyring, Verdict, check_stored
+from eventstore.tracing import record_consumed
 from projections import tracking
 from projections.faults import FaultHook
 from projections.lease import Lease
@@ -320,6 +321,7 @@ class ProjectionRunner:
 
     async def _apply(self, conn: Conn, sub: Subscription, got: ReadBatch) -> None:
         started = time.perf_counter()
+        started_ns = time.time_ns()
         if started - self._alive_at > ALIVE_CHECK_SECONDS:
             await self._lease.alive()
             self._alive_at = started
@@ -344,6 +346,7 @@ class ProjectionRunner:
         sub.ack(got)
         if committed:
             self._fault.reached("after_ack")
+            record_consumed(self.projection.name, stream, got.messages, started_ns, time.time_ns())
             self.projection.committed(stream, result)
             self._batches.inc()
         self._duration.observe(time.perf_counter() - started)

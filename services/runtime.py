@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -25,36 +23,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from contracts.ids import mask_card_numbers
 from services.grpc_errors import StatusBoundary
+from services.observability.interceptor import ObservingInterceptor
+from services.observability.logs import ContextFilter, JsonFormatter
+from services.observability.metrics import register_platform_collectors, rpc_metrics
+from services.observability.tracing import setup_tracing
 from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; extra fields (command_id, trace_id, …) are carried through.
-
-    Every text value is passed through ``mask_card_numbers``: an id or a message that holds
-    something shaped like a card number never reaches a log whole (older events may carry one).
-    """
-
-    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        payload.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        masked = {k: mask_card_numbers(v) if isinstance(v, str) else v for k, v in payload.items()}
-        return json.dumps(masked, default=lambda value: mask_card_numbers(str(value)))
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
@@ -64,6 +41,7 @@ def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(message)s"))
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -131,12 +109,21 @@ async def start_grpc(
     interceptor; without it (``JETLEDGER_SECURITY=off``) it is plaintext and open. A
     ``health_port`` (``JETLEDGER_HEALTH_PORT``) serves plaintext health alone, for probes.
     """
+    if registry is None:
+        registry = CollectorRegistry()  # not exposed: the interceptor still needs one
+    register_platform_collectors(registry)
     defaults = [("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)]
     given = {key for key, _ in options}  # gRPC takes the first of repeated keys: callers win
+    # Observed outermost, so refused calls (UNAUTHENTICATED, PERMISSION_DENIED) are counted too;
+    # then access (an unauthenticated caller learns nothing, not even that its bytes were bad);
+    # then the status boundary around the servicer (it supplies the deserializer).
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ObservingInterceptor(rpc_metrics(registry)),
+        *(security.interceptors if security is not None else ()),
+        StatusBoundary(),
+    ]
     server = grpc.aio.server(
-        # Access first (an unauthenticated caller learns nothing, not even that its bytes were
-        # bad), then the status boundary around the servicer (it supplies the deserializer).
-        interceptors=[*(security.interceptors if security is not None else ()), StatusBoundary()],
+        interceptors=interceptors,
         options=[*(d for d in defaults if d[0] not in given), *options],
     )
     services = list(services)
@@ -163,10 +150,7 @@ async def start_grpc(
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
     if metrics_port is not None:
-        kwargs: dict[str, Any] = {"addr": host}
-        if registry is not None:
-            kwargs["registry"] = registry
-        start_http_server(metrics_port, **kwargs)
+        start_http_server(metrics_port, addr=host, registry=registry)
     runtime = Runtime(server, health_servicer, names, bound, metrics_port, registry)
     if health_port:
         # Kubernetes' gRPC probes cannot speak TLS: they ask this plaintext port, which serves
@@ -222,6 +206,7 @@ def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime
     """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
     settings = Settings.from_env()
     setup_logging(service, settings.log_format, settings.log_level)
+    tracing = setup_tracing(service, settings)
 
     async def serve() -> None:
         runtime = await start(settings)
@@ -229,4 +214,8 @@ def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime
         _exit_by(SHUTDOWN_DEADLINE, service)
         await runtime.stop(DRAIN_GRACE)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched

@@ -97,6 +97,9 @@ class Settings:
     health_port: int = 0
     log_format: str = "json"  # "json" in services, "console" for people
     log_level: str = "INFO"
+    # Tracing (off by default): an OTLP/gRPC collector, e.g. http://otel-collector:4317
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0  # of the traces started here (a caller's decision is kept)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Final
 
 import nats
@@ -86,10 +85,10 @@ async def connect_nats(settings: Settings, name: str, **options: Any) -> NATS:
 
 
 async def connect_store(settings: Settings, name: str, *, writer: bool = False) -> Store:
-    """Connect to NATS, provision the streams (idempotent), and build the store (and writer).
+    """Connect to NATS, check that the streams exist, and build the store (and writer).
 
-    With security on, a service holds no stream-admin rights: the streams were provisioned by the
-    admin identity (``jetledger dev``, the provisioning job) before it started.
+    A service holds no stream-admin rights and creates nothing: the streams were provisioned
+    before it started (``jetledger provision``: the Kubernetes Job, ``jetledger dev``).
     """
     # Reconnect forever once connected (a NATS restart must not kill the service), but give the
     # first connection a deadline so a wrong URL is a clear error, not an endless retry.
@@ -109,10 +108,18 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     except TimeoutError as exc:
         raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: timed out") from exc
     store = EventStore(nc, settings.streams, keyring=event_keyring(settings))
-    if not settings.security:
-        await store.ensure_streams(
-            replicas=settings.stream_replicas,
-            duplicate_window=timedelta(seconds=settings.duplicate_window_seconds),
+    # the intake (a writer) reads only the source stream, and may ask only about it
+    needed = [settings.streams.source] if writer else None
+    try:
+        missing = await store.missing_streams(needed)
+    except BaseException:
+        await nc.close()
+        raise
+    if missing:
+        await nc.close()
+        raise Unavailable(
+            f"stream(s) {', '.join(missing)} do not exist: run `jetledger provision`"
+            " (the jetledger-provision Job) before the services"
         )
     built = Store(nc, store)
     if writer:

@@ -36,6 +36,8 @@ from contracts.events import (
 )
 from contracts.subjects import Subjects
 from eventstore import StoredMessage
+from eventstore.headers import TRACEPARENT
+from eventstore.tracing import enabled as tracing_enabled
 from projections.model import Poison
 from projections.notifications.core import (
     CardState,
@@ -83,13 +85,17 @@ WITH c AS (
 )"""
 _WRITE_REBUILD_TAIL: Final = " SELECT notification_id, 0 FROM n"
 _WRITE_LIVE_TAIL: Final = """, d AS (
-  INSERT INTO {o}.deliveries (notification_id, card_id, scope, endpoint_id, body)
-  SELECT u.* FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[])
-    AS u(i, c, sc, e, b)
+  INSERT INTO {o}.deliveries (notification_id, card_id, scope, endpoint_id, body, traceparent)
+  SELECT u.* FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],
+    %s::text[]) AS u(i, c, sc, e, b, tp)
   WHERE u.i IN (SELECT notification_id FROM n)
   ON CONFLICT DO NOTHING RETURNING 1
 )
 SELECT notification_id, (SELECT count(*) FROM d), pg_notify(%s, '') FROM n"""
+
+
+# notification_id, card_id, scope, endpoint_id, body, traceparent
+_Delivery = tuple[str, str, str, str, bytes, str]
 
 
 @dataclass
@@ -137,11 +143,22 @@ class NotificationProjector:
         assert loaded is not None
         cards, scopes = _parse_loaded(loaded, ids)
         notes: dict[str, Notification] = {}
+        traces: dict[int, str] = {}
+        traced = tracing_enabled()
+        rows: list[_Delivery] = []
         for msg in messages:
+            if traced and TRACEPARENT in msg.headers:
+                traces[msg.sequence] = msg.headers[TRACEPARENT]
             for note in await self._one(conn, msg, cards, scopes):
-                notes.setdefault(note.notification_id, note)  # the first copy counts
+                if note.notification_id in notes:
+                    continue  # the first copy counts
+                notes[note.notification_id] = note
+                if self.side_effects:
+                    # the endpoints and preferences as of this message, not as of the batch's
+                    # end: whether a webhook is sent must not depend on how messages are batched
+                    rows += self._deliveries([note], scopes, traces)
         result.created, result.deliveries = await self._write(
-            conn, cards, list(notes.values()), scopes
+            conn, cards, list(notes.values()), rows
         )
         return result
 
@@ -238,7 +255,7 @@ class NotificationProjector:
         conn: psycopg.AsyncConnection[Any],
         cards: dict[str, CardState],
         notes: list[Notification],
-        scopes: dict[str, _Scope],
+        deliveries: list[_Delivery],
     ) -> tuple[list[Notification], int]:
         """Store cards, new notifications and their deliveries: one statement.
 
@@ -259,8 +276,7 @@ class NotificationProjector:
             [encode(n).decode() for n in notes],
         ]
         if self.side_effects:
-            deliveries = self._deliveries(notes, scopes)
-            params += [[row[i] for row in deliveries] for i in range(5)]
+            params += [[row[i] for row in deliveries] for i in range(6)]
             params.append(wake_channel(self.schema))
         cur = await conn.execute(self._write_sql, params)
         rows = await cur.fetchall()
@@ -289,29 +305,35 @@ class NotificationProjector:
             return 0
         cur = await conn.execute(
             sql.SQL(
-                "INSERT INTO {}.deliveries (notification_id, card_id, scope, endpoint_id, body)"
+                "INSERT INTO {}.deliveries"
+                " (notification_id, card_id, scope, endpoint_id, body, traceparent)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::bytea[]) ON CONFLICT DO NOTHING"
+                " %s::bytea[], %s::text[]) ON CONFLICT DO NOTHING"
             ).format(sql.Identifier(ops)),
-            [[row[i] for row in rows] for i in range(5)],
+            [[row[i] for row in rows] for i in range(6)],
         )
         return cur.rowcount
 
     def _deliveries(
-        self, notes: list[Notification], scopes: dict[str, _Scope]
-    ) -> list[tuple[str, str, str, str, bytes]]:
-        """One row per (notification, endpoint whose scope wants its kind)."""
+        self,
+        notes: list[Notification],
+        scopes: dict[str, _Scope],
+        traces: dict[int, str] | None = None,
+    ) -> list[_Delivery]:
+        """One row per (notification, endpoint whose scope wants its kind), with the trace of
+        the message that caused it (``traces``: by sequence, this batch's stream)."""
         operator = scopes[OPERATOR]
         operator_kinds = effective(operator.prefs, None).kinds
-        rows: list[tuple[str, str, str, str, bytes]] = []
+        rows: list[_Delivery] = []
         for note in notes:
             scope = scopes.get(note.card_id, _Scope())
             body = encode(note)  # the exact bytes every attempt will POST
+            tp = traces.get(note.sequence, "") if traces else ""
             if note.kind in effective(scope.prefs, operator.prefs).kinds:
-                rows += [(note.notification_id, note.card_id, note.card_id, e, body)
+                rows += [(note.notification_id, note.card_id, note.card_id, e, body, tp)
                          for e in sorted(scope.endpoints)]  # fmt: skip
             if note.kind in operator_kinds:
-                rows += [(note.notification_id, note.card_id, OPERATOR, e, body)
+                rows += [(note.notification_id, note.card_id, OPERATOR, e, body, tp)
                          for e in sorted(operator.endpoints)]  # fmt: skip
         return rows
 

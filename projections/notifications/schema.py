@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS {o}.deliveries (
     delivered_at timestamptz,
     UNIQUE (notification_id, scope, endpoint_id)
 );
+-- added after the first release: the trace of the event that caused the delivery (W3C)
+ALTER TABLE {o}.deliveries ADD COLUMN IF NOT EXISTS traceparent text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS deliveries_due
     ON {o}.deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_by_card ON {o}.deliveries (card_id, delivery_id);
@@ -125,3 +127,28 @@ async def create_schemas(conn: psycopg.AsyncConnection[Any], schema: str) -> Non
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (DDL_LOCK_KEY,))
         await conn.execute(projection_ddl(schema))
         await conn.execute(sql.SQL(_OPS_DDL).format(o=sql.Identifier(ops_schema(schema))))
+
+
+# What the newest DDL above created: a schema lacking any of these needs ``create_schemas``.
+_REQUIRED: Final = (
+    ("{s}", "tracking", "updated_at"),
+    ("{s}", "notifications", "body"),
+    ("{s}", "cards", "state"),
+    ("{s}", "preferences", "kinds"),
+    ("{s}", "webhook_endpoints", "secret"),
+    ("{o}", "deliveries", "traceparent"),
+    ("{o}", "projector_lease", "epoch"),
+)
+
+
+async def schema_missing(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
+    """The ``schema.table.column``s the current DDL has and the database lacks."""
+    names = {"{s}": check_schema(schema), "{o}": ops_schema(schema)}
+    wanted = [(names[s], table, column) for s, table, column in _REQUIRED]
+    cur = await conn.execute(
+        "SELECT table_schema, table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = ANY(%s)",
+        (sorted(set(names.values())),),
+    )
+    present = {(str(a), str(b), str(c)) for a, b, c in await cur.fetchall()}
+    return [".".join(w) for w in wanted if w not in present]

@@ -103,6 +103,18 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "verify": (
         "jetledger verify                           # exit 1, one line per failed check",
         "jetledger verify --wait 30                 # give a busy projection longer to catch up",
+        "jetledger verify --pushgateway http://pushgateway:9091  # the CronJob: result as a metric",
+    ),
+    "provision": (
+        "jetledger provision                        # streams: before the services start (a Job)",
+    ),
+    "migrate": (
+        "jetledger migrate                          # Postgres schemas (a Job)",
+        "jetledger migrate --only ledger            # one projection's schema",
+    ),
+    "backup": ("jetledger backup backups/2026-12-02        # streams + webhook delivery state",),
+    "restore": (
+        "jetledger restore backups/2026-12-02       # onto an empty system, then start services",
     ),
     "repair": ("jetledger repair derived",),
     "repair derived": (

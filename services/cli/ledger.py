@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ from projections.ledger.schema import LIVE_SCHEMA
 from projections.ledger.verify import VerifyReport, verify
 from projections.notifications.rebuild import verify as verify_notifications
 from services.cli.parsing import replay_subparsers
+from services.observability.verifymetrics import report_verify
 from services.security.audit import audit_all
 from services.settings import Settings
 from services.wiring import command_database_url, command_store
@@ -69,6 +71,14 @@ def register(subparsers: Subparsers) -> None:
     check.add_argument(
         "--wait", type=float, default=10.0, metavar="SECONDS",
         help="how long a projection may take to catch up with the stream",
+    )  # fmt: skip
+    check.add_argument(
+        "--metrics-file", default="", metavar="PATH",
+        help="also write the result as Prometheus text (node-exporter's textfile collector)",
+    )  # fmt: skip
+    check.add_argument(
+        "--pushgateway", default="", metavar="URL",
+        help="also push-add the result to this Prometheus Pushgateway (job jetledger-verify)",
     )  # fmt: skip
     check.set_defaults(handler=verify_all)
     repair = subparsers.add_parser("repair", help="repair what a projection published")
@@ -144,7 +154,18 @@ async def _replay(args: argparse.Namespace, settings: Settings) -> int:
 def verify_all(args: argparse.Namespace, settings: Settings) -> int:
     """Verify the ledger and the notification projection; exit 1 on any failed check."""
     console = Console()
-    problems = run_command(settings, lambda: check_projections(settings, console, args))
+    started = time.monotonic()
+    found: int | None = None
+    try:
+        problems = run_command(settings, lambda: check_projections(settings, console, args))
+        found = len(problems)
+    finally:  # the result is a metric even when verify could not run (found stays None)
+        report_verify(
+            found,
+            time.monotonic() - started,
+            metrics_file=getattr(args, "metrics_file", ""),
+            pushgateway=getattr(args, "pushgateway", ""),
+        )
     return 1 if problems else 0
 
 

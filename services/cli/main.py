@@ -31,6 +31,7 @@ AREAS: Final = (
     "notifications",
     "events",
     "security",
+    "operations",
     "completion",
 )
 # libpq's (and so psycopg's) default for a connection that gets no answer is 130 s; a command

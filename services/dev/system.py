@@ -37,6 +37,7 @@ from services.dev.ports import SERVICES, all_ports, check_free, is_free, service
 from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
 from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
+from services.preflight import migrate
 from services.security.local import (
     LocalCredentials,
     client_settings,
@@ -111,6 +112,8 @@ class DevSystem:
             asyncio.run(_provision(self._as_admin()))
             if self.postgres is None:
                 _check_postgres(self.settings.database_url)
+            # what the Kubernetes Jobs do: the services only check that it was done
+            asyncio.run(migrate(self._as_admin()))
             for name in SERVICES:
                 port = getattr(self.settings, f"{name}_port")
                 secure = service_settings(self.credentials, name) if self.credentials else {}

@@ -20,12 +20,13 @@ not commands (docs/intake.md, idempotency). Hence:
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, get_args
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -34,8 +35,19 @@ from commands.decide import decide
 from commands.messages import AuthorizeTransaction, Command, command_type, fingerprint
 from commands.validation import validate
 from contracts.codec import decode_event, decode_marker, encode
-from contracts.errors import Aborted, AlreadyExists, NotFound, Unavailable
-from contracts.events import SourceEvent
+from contracts.errors import (
+    Aborted,
+    AlreadyExists,
+    Conflict,
+    Declined,
+    InvalidArgument,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from contracts.events import DeclineReason, SourceEvent
 from contracts.subjects import StreamNames
 from eventstore import (
     EventStore,
@@ -44,9 +56,13 @@ from eventstore import (
     OutgoingMessage,
     WrongLastSequence,
 )
+from eventstore.tracing import trace_headers
 from services.intake.cards import RECENT_COMMANDS, CardStates, Recorded, recorded
 from services.intake.index import CommandIndex
 from services.intake.snapshots import SNAPSHOT_EVERY
+from services.observability.logs import about_command
+
+log = logging.getLogger("jetledger.intake")
 
 # Without a caller deadline, conflicts are retried this long before ABORTED.
 DEFAULT_CONFLICT_BUDGET: Final = 30.0
@@ -55,6 +71,33 @@ INDEX_CATCH_UP_SECONDS: Final = 5.0
 
 # Latency buckets reach well below a millisecond: a group-committed append is ~1-3 ms here.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+DECLINE_REASONS: Final = frozenset(get_args(DeclineReason))
+# The outcome label of a command that raised: one of these, never an exception's class name.
+_ERROR_OUTCOMES: Final = (
+    (InvalidArgument, "invalid_argument"),
+    (NotFound, "not_found"),
+    (AlreadyExists, "already_exists"),
+    (Conflict, "conflict"),
+    (Aborted, "aborted"),
+    (Unavailable, "unavailable"),
+    (Unauthenticated, "unauthenticated"),
+    (PermissionDenied, "permission_denied"),
+    (Declined, "declined_error"),
+)
+
+
+def error_outcome(exc: BaseException) -> str:
+    """The bounded ``outcome`` label of a command that raised ``exc``."""
+    for kind, label in _ERROR_OUTCOMES:
+        if isinstance(exc, kind):
+            return label
+    return "error"
+
+
+def decline_reason(reason: str) -> str:
+    """The bounded ``reason`` label of a decline (``other`` for a reason this build lacks)."""
+    return reason if reason in DECLINE_REASONS else "other"
 
 
 class IntakeMetrics:
@@ -77,6 +120,12 @@ class IntakeMetrics:
         self.conflicts = Counter(
             "jetledger_command_conflicts_total",
             "Compare-and-set conflicts that made a command decide again",
+            registry=registry,
+        )
+        self.declines = Counter(
+            "jetledger_command_declines_total",
+            "Commands declined when first decided, by type and reason (a bounded set)",
+            ["command_type", "reason"],
             registry=registry,
         )
 
@@ -148,15 +197,32 @@ class CommandHandler:
         """
         started = time.perf_counter()
         kind = command_type(command)
-        try:
-            result = await self._handle(command if validated else validate(command), deadline)
-        except Exception as exc:
-            if self._metrics is not None:
-                self._metrics.commands.labels(kind, type(exc).__name__).inc()
-            raise
+        with about_command(command.command_id):  # every line logged meanwhile carries the id
+            try:
+                result = await self._handle(command if validated else validate(command), deadline)
+            except LedgerError as exc:
+                if self._metrics is not None:
+                    self._metrics.commands.labels(kind, error_outcome(exc)).inc()
+                raise
+            except Exception as exc:
+                if self._metrics is not None:
+                    self._metrics.commands.labels(kind, error_outcome(exc)).inc()
+                log.exception("command failed", extra={"command_type": kind})
+                raise
+            if result.outcome == "declined" and not result.replayed:
+                log.info(
+                    "command declined",
+                    extra={
+                        "command_type": kind,
+                        "reason": result.reason,
+                        "card_id": command.card_id,
+                    },
+                )
         if self._metrics is not None:
             label = "replayed" if result.replayed else result.outcome
             self._metrics.commands.labels(kind, label).inc()
+            if label == "declined":
+                self._metrics.declines.labels(kind, decline_reason(result.reason)).inc()
             self._metrics.latency.labels(kind).observe(time.perf_counter() - started)
         return result
 
@@ -308,10 +374,12 @@ class CommandHandler:
         self, card_id: str, version: int, events: tuple[SourceEvent, ...]
     ) -> list[OutgoingMessage]:
         family = Expectation(self._subjects.card_family(card_id), version)
+        traced = trace_headers()  # the RPC's span: projections and webhooks continue its trace
         return [
             OutgoingMessage(
                 subject=self._subjects.card_event(card_id, event),
                 data=encode(event),
+                headers=traced,
                 expect=family if index == 0 else None,
             )
             for index, event in enumerate(events)

@@ -1,7 +1,7 @@
 """Composition root of the ledger service: ``python -m services.ledger.main``.
 
-Reads ``Settings`` from the environment, applies the ledger migrations (safe with several replicas
-starting at once), then runs until SIGTERM/SIGINT: the gRPC ``LedgerService`` (health, reflection,
+Reads ``Settings`` from the environment, checks that the ledger schema is migrated (``jetledger
+migrate`` did it; nothing is created here), then runs until SIGTERM/SIGINT: the gRPC ``LedgerService`` (health, reflection,
 metrics on its own registry) and the projector, which stands by until it holds the projection's
 lease. A poison event turns health NOT_SERVING (the process stays up: no crash loop). Shutdown:
 NOT_SERVING, drain RPCs, let the projector finish its batch, close Postgres and NATS.
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -22,11 +23,12 @@ from psycopg_pool import AsyncConnectionPool
 from contracts.errors import InvalidArgument
 from jetledger.ledger.v1 import ledger_pb2_grpc
 from projections.ledger.metrics import LedgerMetrics
-from projections.ledger.migrate import apply_migrations
 from projections.ledger.projection import LedgerProjection
 from projections.metrics import ProjectionMetrics
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
+from services.observability.tracing import setup_tracing
+from services.preflight import require_ledger_schema
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.security.config import server_security
 from services.settings import Settings
@@ -37,14 +39,15 @@ POOL_TIMEOUT_SECONDS = 5.0
 log = logging.getLogger("jetledger.ledger")
 
 
-async def serve(settings: Settings) -> None:
-    """Run the ledger service until a shutdown signal."""
+async def serve(
+    settings: Settings, *, until: Callable[[], Coroutine[Any, Any, None]] = wait_for_shutdown_signal
+) -> None:
+    """Run the ledger service until a shutdown signal (or ``until`` returns: tests)."""
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        await apply_migrations(conn)
-    # Provisions both streams with the configured replicas and duplicate window (idempotent);
-    # with security on, the admin identity provisioned them before the services started.
+        await require_ledger_schema(conn)  # `jetledger migrate` made it: nothing created here
+    # The streams must exist (`jetledger provision` made them): checked, never created.
     nats = await connect_store(settings, "ledger")
     store = nats.store
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -111,7 +114,7 @@ async def serve(settings: Settings) -> None:
             not_serving()
 
     runner_task.add_done_callback(on_runner_done)
-    await wait_for_shutdown_signal()
+    await until()
     log.info("shutting down")
     await runtime.stop(grace=5.0)
 
@@ -120,7 +123,12 @@ def main() -> None:
     """Entry point: configure logging from the settings and serve."""
     settings = Settings.from_env()
     setup_logging("ledger", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    tracing = setup_tracing("ledger", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched
 
 
 if __name__ == "__main__":

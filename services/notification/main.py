@@ -13,15 +13,17 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
 from projections.metrics import ProjectionMetrics
 from projections.notifications.projection import NotificationProjection
-from projections.notifications.schema import create_schemas, wake_channel
+from projections.notifications.schema import wake_channel
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.notification.effects import CommittedEffects
 from services.notification.grpc_api import SERVICE_NAME, NotificationServicer, add_to_server
@@ -29,6 +31,8 @@ from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
+from services.observability.tracing import setup_tracing
+from services.preflight import require_notification_schema
 from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
 from services.security.config import secret_keyring, server_security, webhook_policy
 from services.security.webhookpolicy import guarded_connector_kwargs
@@ -51,13 +55,16 @@ def webhook_config(settings: Settings) -> WebhookConfig:
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Run the notification service until a shutdown signal."""
+async def serve(
+    settings: Settings, *, until: Callable[[], Coroutine[Any, Any, None]] = wait_for_shutdown_signal
+) -> None:
+    """Run the notification service until a shutdown signal (or ``until`` returns: tests)."""
     if not settings.nats_url or not settings.database_url:
         raise InvalidArgument("set JETLEDGER_NATS_URL and JETLEDGER_DATABASE_URL")
     schema = settings.notification_schema
-    # Idempotent: creates the streams, or adds the notify.> subjects to an older source stream.
-    # With security on, the admin identity provisioned them: a service may not.
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        await require_notification_schema(conn, schema)  # made by `jetledger migrate`
+    # The streams must exist (`jetledger provision` made them, notify.> subjects included).
     nats = await connect_store(settings, "notification")
     store = nats.store
     # The pool reads, and writes only webhook delivery state, where a commit lost in a Postgres
@@ -78,8 +85,6 @@ async def serve(settings: Settings) -> None:
         open=False,
     )
     await pool.open(wait=True)
-    async with pool.connection() as conn:
-        await create_schemas(conn, schema)
     metrics, waker = NotificationMetrics(), Waker()
     url_policy, secret_keys = webhook_policy(settings), secret_keyring(settings)
     commands = PreferenceCommands(store, url_policy=url_policy, secret_keys=secret_keys)
@@ -130,7 +135,7 @@ async def serve(settings: Settings) -> None:
         # a poison message keeps the runner (and its lease) waiting: this reports it
         asyncio.create_task(halted.wait(), name="projection halted"),
     }
-    stop = asyncio.create_task(wait_for_shutdown_signal(), name="signal")
+    stop = asyncio.create_task(until(), name="signal")
     try:
         pending = {stop, *tasks}
         while stop in pending:
@@ -162,7 +167,12 @@ def main() -> None:
     """Entry point: read the settings, configure logging, serve."""
     settings = Settings.from_env()
     setup_logging("notification", settings.log_format, settings.log_level)
-    asyncio.run(serve(settings))
+    tracing = setup_tracing("notification", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the spans still batched
 
 
 if __name__ == "__main__":

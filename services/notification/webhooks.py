@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 import psycopg
+from opentelemetry import trace
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
+from eventstore import tracing
+from eventstore.headers import TRACEPARENT
 from eventstore.integrity import Keyring
 from projections.notifications.schema import check_schema, ops_schema
 from services.notification.metrics import NotificationMetrics
@@ -72,6 +76,19 @@ class _Claimed:
     attempts: int
     url: str | None
     secret: str | None
+    traceparent: str = ""
+
+
+class _CommandOf(msgspec.Struct):
+    command_id: str = ""
+
+
+def _command_id(body: bytes) -> str:
+    """The command a notification's body names (its log lines carry it), or ``""``."""
+    try:
+        return msgspec.json.decode(body, type=_CommandOf).command_id
+    except msgspec.DecodeError:
+        return ""
 
 
 class WebhookDispatcher:
@@ -108,9 +125,9 @@ class WebhookDispatcher:
             "  next_attempt_at = now() + make_interval(secs => %s)"
             "  FROM due WHERE d.delivery_id = due.delivery_id"
             "  RETURNING d.delivery_id, d.notification_id, d.scope, d.endpoint_id, d.body,"
-            "  d.attempts)"
+            "  d.attempts, d.traceparent)"
             " SELECT c.delivery_id, c.notification_id, c.scope, c.endpoint_id, c.body, c.attempts,"
-            "  e.url, e.secret FROM claimed c LEFT JOIN {s}.webhook_endpoints e"
+            "  e.url, e.secret, c.traceparent FROM claimed c LEFT JOIN {s}.webhook_endpoints e"
             "  ON e.card_id = c.scope AND e.endpoint_id = c.endpoint_id"
         ).format(s=s, o=o)
         self._next_due_sql = sql.SQL(
@@ -181,6 +198,23 @@ class WebhookDispatcher:
             return [_Claimed(*row) for row in await cur.fetchall()]
 
     async def _deliver(self, item: _Claimed) -> None:
+        parent = tracing.context_from({TRACEPARENT: item.traceparent}) if item.traceparent else None
+        if parent is None or not tracing.enabled():
+            await self._attempt(item)
+            return
+        with tracing.tracer().start_as_current_span(
+            "webhook deliver",
+            context=parent,
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "jetledger.notification_id": item.notification_id,
+                "jetledger.endpoint_id": item.endpoint_id,
+                "jetledger.attempt": item.attempts,
+            },
+        ):
+            await self._attempt(item)
+
+    async def _attempt(self, item: _Claimed) -> None:
         if item.url is None or item.secret is None:
             await self._finish(item, "cancelled", 0, "endpoint removed")
             return
@@ -206,6 +240,7 @@ class WebhookDispatcher:
             HEADER_TIMESTAMP: str(stamp),
             HEADER_SIGNATURE: sign(secret, item.notification_id, stamp, item.body),
             HEADER_ATTEMPT: str(item.attempts),
+            **tracing.trace_headers(),  # the receiver may continue the trace (unsigned)
         }
         status, error = 0, ""
         try:
@@ -220,11 +255,13 @@ class WebhookDispatcher:
                 await response.read()  # drain, so the keep-alive connection can be reused
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
+                trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, error))
         except Exception as exc:  # any failure to get a 2xx is a failed attempt, counted
             # a refusal by the guarded resolver is the connect error's cause: say why
             cause = getattr(exc, "os_error", None) or exc
             error = f"{type(exc).__name__}: {cause}"[:300]
         fields = {
+            "command_id": _command_id(item.body),
             "notification_id": item.notification_id,
             "endpoint_id": item.endpoint_id,
             "attempt": item.attempts,

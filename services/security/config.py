@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
@@ -92,12 +92,17 @@ def channel(settings: Settings, target: str) -> grpc.Channel:
     return grpc.secure_channel(target, credentials)
 
 
+# Per-call balancing over every address the target resolves to: with a headless Service
+# (``dns:///card-headless:50051``) that is every ready pod, not the one a connection landed on.
+CHANNEL_OPTIONS: Final = (("grpc.lb_policy_name", "round_robin"),)
+
+
 def aio_channel(settings: Settings, target: str) -> grpc.aio.Channel:
     """An asyncio channel to ``target`` (service to service): TLS + our token, or plaintext."""
     if not settings.security:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
     credentials = grpc_channel_credentials(_file(settings, "tls_ca_file"), caller_token(settings))
-    return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
 def health_channel(settings: Settings, target: str) -> grpc.Channel:

@@ -139,7 +139,9 @@ def users(streams: StreamNames, *, preference_writer: str = "notification") -> l
             (f"{inbox_prefix(READER)}.>",),
         )
     )
-    found.append(NatsUser(ADMIN, ("$JS.API.>",), (f"{inbox_prefix(ADMIN)}.>",)))
+    # $JS.SNAPSHOT.>: the acks of a stream snapshot and the chunks of a restore (`jetledger
+    # backup` / `restore`, eventstore/backup.py) go to the server there, not to the API
+    found.append(NatsUser(ADMIN, ("$JS.API.>", "$JS.SNAPSHOT.>"), (f"{inbox_prefix(ADMIN)}.>",)))
     return found
 
 

@@ -13,6 +13,7 @@ from contracts.subjects import StreamNames
 from jetledger.card.v1 import card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.card import main as card_main
+from services.preflight import provision
 from services.runtime import Runtime
 from services.settings import Settings
 from services.transaction import main as transaction_main
@@ -41,8 +42,11 @@ def settings_for(
 
 
 @pytest.fixture
-def settings(streams: StreamNames, nats_url: str, database_url: str) -> Settings:
-    return settings_for(streams, nats_url, database_url)
+async def settings(streams: StreamNames, nats_url: str, database_url: str) -> Settings:
+    """This test's settings, its streams provisioned (as the provision Job does)."""
+    made = settings_for(streams, nats_url, database_url)
+    await provision(made)
+    return made
 
 
 @dataclass

@@ -35,7 +35,7 @@ from tests.e2e.support import new_id
 
 
 @contextlib.contextmanager
-def isolated_system(servers: Servers, data_dir: Path) -> Iterator[DevSystem]:
+def isolated_system(servers: Servers, data_dir: Path, **overrides: Any) -> Iterator[DevSystem]:
     """A secure dev system of its own: its own NATS (TLS, a user per service, the admin
     provisions), a fresh database on the session's Postgres, free ports; the CLI calls it over TLS
     with the operator's token, as a user of `jetledger dev` does."""
@@ -47,6 +47,7 @@ def isolated_system(servers: Servers, data_dir: Path) -> Iterator[DevSystem]:
         security=True,
         database_url=make_conninfo(servers.database_url, dbname=database),
         data_dir=data_dir,
+        **overrides,
     )
     try:
         with DevSystem(with_free_ports(settings)) as system:

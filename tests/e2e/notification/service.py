@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.support import prepare_for
 from contracts.subjects import StreamNames
 from services.localservers import free_port
 
@@ -60,6 +61,7 @@ class ServiceProcess:
             **self.extra_env,
             **extra_env,
         }
+        prepare_for("services.notification.main", env)  # provision + migrate, as the Jobs do
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.notification.main"],

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.support import prepare_for
 from contracts.subjects import StreamNames
 from services.localservers import free_port
 
@@ -49,6 +50,7 @@ class LedgerProcess:
             "JETLEDGER_SECURITY": "off",  # the session's plain NATS
             **self.env,
         }
+        prepare_for("services.ledger.main", env)  # provision + migrate, as the Jobs do
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "services.ledger.main"],

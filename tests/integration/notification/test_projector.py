@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
 from contracts.codec import encode
+from contracts.events import WebhookEndpointSet
 from contracts.subjects import StreamNames
 from eventstore import EventStore
 from projections import tracking
@@ -132,3 +134,44 @@ async def test_a_poison_message_stops_the_projection_after_its_good_prefix(
         finally:
             stop.set()
             await task
+
+
+async def test_a_webhook_gets_what_followed_its_endpoint_however_messages_are_batched(
+    nats_url: str, database_url: str, streams: StreamNames
+) -> None:
+    # A rebuild (after a restore) reads everything in one batch: the funding that came before the
+    # endpoint must not be delivered then either, as the live projection did not deliver it.
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        store = EventStore(nc, streams)
+        card = Events("c1")
+        endpoint = WebhookEndpointSet(
+            card_id="c1",
+            command_id="hook-1",
+            at=datetime.now(UTC),
+            endpoint_id="e1",
+            url="https://hooks.example.com/in",
+            secret="s" * 32,
+        )
+        seqs = await append(js, streams, card.issue(), card.fund(10_000))
+        ack = await js.publish(
+            streams.subjects.notify_event("c1", endpoint), encode(endpoint), stream=streams.source
+        )
+        seqs += [ack.seq, *await append(js, streams, card.purchase(2_000))]
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await create_schemas(conn, SCHEMA)
+        runner = notification_runner(store, db)  # everything is stored: one batch
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await _until(db, {streams.source: seqs[-1]})
+        finally:
+            stop.set()
+            await task
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT n.kind FROM notify_ops.deliveries d JOIN notify.notifications n"
+                " USING (notification_id) ORDER BY n.sequence"
+            )
+            assert [kind for (kind,) in await cur.fetchall()] == ["purchase"]

@@ -13,7 +13,7 @@ from commands.messages import CreateTransaction, FundCard, IssueCard
 from commands.validation import validate
 from contracts.errors import InvalidArgument
 from contracts.ids import check_client_id, check_id, contains_card_number, mask_card_numbers
-from services.runtime import JsonFormatter
+from services.observability.logs import JsonFormatter
 
 VISA = "4111111111111111"  # Luhn-valid test numbers of 16, 15 and 13 digits
 AMEX = "378282246310005"

@@ -1,0 +1,77 @@
+"""JSON log lines: the command's id on every line logged while it is handled, tracebacks as JSON
+objects (masked like every other text), the trace's id when a span records."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.observability.logs import ContextFilter, JsonFormatter, about_command
+from services.observability.tracing import tracer_provider
+
+
+def capture() -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger(f"test.logs.{id(out)}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, out
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def fail(pan: str) -> None:
+    try:
+        int("not a number")
+    except ValueError as exc:
+        raise RuntimeError(f"card {pan} refused") from exc
+
+
+def test_lines_about_a_command_carry_its_id_and_tracebacks_are_json() -> None:
+    logger, out = capture()
+    logger.info("before")
+    with about_command("cmd-42"):
+        logger.info("deciding")
+        try:
+            fail("4111 1111 1111 1111")
+        except RuntimeError:
+            logger.exception("command failed")
+        logger.info("explicit wins", extra={"command_id": "other"})
+    logger.info("after")
+    before, deciding, failed, explicit, after = lines(out)
+    assert "command_id" not in before and "command_id" not in after
+    assert deciding["command_id"] == failed["command_id"] == "cmd-42"
+    assert explicit["command_id"] == "other"
+    exc = failed["exc"]
+    assert exc["type"] == "RuntimeError"
+    assert exc["message"] == "card ****1111 refused"  # masked, as every text value
+    assert exc["frames"][-1]["function"] == "fail"
+    assert all({"file", "line", "function", "code"} <= set(f) for f in exc["frames"])
+    assert exc["cause"]["type"] == "ValueError"
+    assert "4111" not in out.getvalue()
+
+
+def test_lines_inside_a_span_carry_its_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = tracer_provider("test", SimpleSpanProcessor(InMemorySpanExporter()))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    logger, out = capture()
+    with trace.get_tracer("test").start_as_current_span("work") as span:
+        logger.info("inside")
+    logger.info("outside")
+    inside, outside = lines(out)
+    assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
+    assert "trace_id" not in outside

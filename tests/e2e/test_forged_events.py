@@ -17,6 +17,7 @@ from contracts.subjects import StreamNames
 from eventstore.integrity import Keyring
 from jetledger.card.v1 import card_pb2
 from jetledger.transaction.v1 import transaction_pb2 as tx
+from services.preflight import provision
 from services.settings import Settings
 from tests.e2e.conftest import Intake, settings_for
 from tests.e2e.support import issue_request, new_id, stream_last_sequence, usd
@@ -26,11 +27,16 @@ RING = Keyring("k1", {"k1": os.urandom(32)})
 
 
 @pytest.fixture
-def settings(streams: StreamNames, nats_url: str, database_url: str, tmp_path: Path) -> Settings:
-    """The e2e intake's settings, with an event keyring: every event sealed, every read checked."""
+async def settings(
+    streams: StreamNames, nats_url: str, database_url: str, tmp_path: Path
+) -> Settings:
+    """The e2e intake's settings, with an event keyring: every event sealed, every read checked;
+    its streams provisioned (as the provision Job does)."""
     keys = tmp_path / "event-keys.json"
     keys.write_text(RING.to_json())
-    return settings_for(streams, nats_url, database_url, event_keys_file=str(keys))
+    made = settings_for(streams, nats_url, database_url, event_keys_file=str(keys))
+    await provision(made)
+    return made
 
 
 async def test_a_forged_event_is_never_decided_on(intake: Intake, nats_url: str) -> None:

@@ -18,6 +18,7 @@ from jetledger.card.v1 import card_pb2_grpc
 from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.card import main as card_main
+from services.preflight import provision
 from services.settings import Settings
 from services.transaction import main as transaction_main
 from tests.e2e.conftest import settings_for
@@ -36,6 +37,7 @@ async def short_window(
 ) -> AsyncIterator[Settings]:
     """Settings with a 1 s duplicate window and a card service running."""
     settings = settings_for(streams, nats_url, database_url, duplicate_window_seconds=1)
+    await provision(settings)
     card_runtime = await card_main.start(settings, port=0, metrics=False)
     try:
         yield dataclasses.replace(settings, card_service_addr=f"127.0.0.1:{card_runtime.port}")

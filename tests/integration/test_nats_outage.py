@@ -21,6 +21,7 @@ from jetledger.transaction.v1 import transaction_pb2 as tx
 from jetledger.transaction.v1 import transaction_pb2_grpc
 from services.card import main as card_main
 from services.localservers import LocalNats
+from services.preflight import provision
 from services.transaction import main as transaction_main
 from tests.e2e.conftest import settings_for
 from tests.e2e.support import issue_request, new_id, usd
@@ -42,6 +43,7 @@ async def test_commands_fail_fast_while_nats_is_down_and_recover_when_it_is_back
     server = LocalNats(store_dir=tmp_path / "nats").start()
     try:
         settings = settings_for(streams, server.url, "")
+        await provision(settings)
         card_runtime = await card_main.start(settings, port=0, metrics=False)
         settings = dataclasses.replace(settings, card_service_addr=f"127.0.0.1:{card_runtime.port}")
         tx_runtime = await transaction_main.start(

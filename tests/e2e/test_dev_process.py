@@ -273,6 +273,10 @@ def test_leftovers_of_a_crashed_run_are_stopped_but_never_strangers(tmp_path: Pa
     try:
         from services.dev.state import Child, DevState, cmdline_of
 
+        # Right after the fork the child may still show the parent's command line: wait for exec.
+        deadline = time.monotonic() + 10
+        while cmdline_of(ours.pid) != ["sleep", "60"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         children = [
             Child("ours", ours.pid, cmdline_of(ours.pid) or []),
             Child("reused pid", stranger.pid, ["python", "-m", "services.card.main"]),

@@ -302,7 +302,8 @@ def _boundary_stream(
 
 
 class StatusBoundary(grpc.aio.ServerInterceptor):
-    """The outermost server interceptor of every jetledger service (``services.runtime``)."""
+    """The innermost server interceptor of every jetledger service (``services.runtime``): it
+    wraps the servicer, after the observing and access interceptors."""
 
     async def intercept_service(
         self,

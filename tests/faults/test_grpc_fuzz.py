@@ -118,8 +118,8 @@ def not_echoed(details: str, payload: bytes) -> str:
     """
     runs = set(ECHOABLE.findall(payload.decode(errors="ignore")))
     for sent in sorted(runs | {run[1:] for run in runs}, key=len, reverse=True):
-        if sent:
-            details = details.replace(sent, "")
+        if sent:  # whole tokens only: "Error" sent does not hide a DecodeError
+            details = re.sub(rf"(?<![A-Za-z]){re.escape(sent)}(?![A-Za-z])", "", details)
     return details
 
 

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -38,11 +39,39 @@ class LocalServerError(RuntimeError):
     """A local server could not be started or stopped."""
 
 
+_LISTEN_PORTS_FROM = 20000  # free_port draws from here up to the kernel's ephemeral range
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default when unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port that is free on ``host`` right now and stays out of the ephemeral range.
+
+    The caller binds it later, so the port must not be one the kernel may give an outgoing
+    connection in between (binding port 0 would pick exactly such a port: a client connection
+    opened meanwhile took it once and the service failed to start). Ports are drawn at random
+    below the ephemeral range, where only explicit binds land.
+    """
+    low, high = ephemeral_range()
+    candidates = (
+        range(_LISTEN_PORTS_FROM, low) if low > _LISTEN_PORTS_FROM else range(high + 1, 65536)
+    )
+    for _ in range(200):
+        port = secrets.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise LocalServerError(f"no free port on {host} in {candidates.start}-{candidates.stop - 1}")
 
 
 def _wait_for_port(

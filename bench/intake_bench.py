@@ -236,6 +236,7 @@ async def _stack(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                     card_lookup_timeout_seconds=10,
                 ),
                 tmp / f"tx{n}.log",
+                profile=Path(args.profile) / f"tx{n}.prof" if args.profile else None,
             )
         )
     out: dict[str, object] = {}
@@ -463,6 +464,12 @@ def main() -> None:
         type=int,
         default=Settings().writer_max_inflight,
         help="atomic batches in flight",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="run the transaction services under cProfile, stats in DIR/tx<n>.prof",
     )
     parser.add_argument("--tigerbeetle", default="", metavar="PATH", help="peer server binary")
     parser.add_argument("--tb-duration", type=float, default=5.0, help="seconds per peer phase")

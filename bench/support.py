@@ -56,15 +56,18 @@ def prepare_for(module: str, env: dict[str, str]) -> None:
         _PREPARED.add(key)
 
 
-def spawn_service(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def spawn_service(
+    module: str, env: dict[str, str], log_path: Path, *, profile: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``python -m <module>`` as a child process (after ``prepare_for``), logging to
-    ``log_path``."""
+    ``log_path``; with ``profile``, under cProfile, its stats written there when it stops."""
     import sys
 
     prepare_for(module, env)
+    profiled = [] if profile is None else ["-m", "cProfile", "-o", str(profile)]
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *profiled, "-m", module], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
 

@@ -82,6 +82,10 @@ class RunnerConfig:
 
     batch: int = 500  # messages a pull asks for; a batch after idling holds at most this many
     max_batch: int = 0  # what a batch may grow to while the one before commits (0: ``batch``)
+    # How long a batch smaller than ``batch`` waits for more before it is applied (0: at once).
+    # Fewer, bigger transactions for a projection whose readers can wait (the command index);
+    # it adds up to this much to the projection's lag.
+    linger_seconds: float = 0.0
     ack_wait_seconds: float = 30.0
     retry_seconds: float = 1.0
     holder: str = "projection"
@@ -149,10 +153,23 @@ class _Inbox:
             self.stopped = True
             self._changed.notify_all()
 
-    async def take(self) -> ReadBatch | None:
-        """The oldest waiting batch (None once stopped); raises a reader's error."""
+    async def take(self, linger: float = 0.0, enough: int = 0) -> ReadBatch | None:
+        """The oldest waiting batch (None once stopped); raises a reader's error. With
+        ``linger``, a batch of fewer than ``enough`` messages waits up to that long to grow."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self.batches) or self.error or self.stopped)
+            if linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(
+                            lambda: (
+                                self.error is not None
+                                or self.stopped
+                                or any(len(b.messages) >= enough for b in self.batches.values())
+                            )
+                        ),
+                        linger,
+                    )
             if self.error is not None:
                 raise self.error
             if self.stopped:
@@ -273,7 +290,8 @@ class ProjectionRunner:
             tasks += [asyncio.create_task(self._read(sub, inbox)) for sub in subs.values()]
             tasks.append(asyncio.create_task(self._watch(stop, inbox)))
             tasks.append(asyncio.create_task(self._side_work(side_stop, inbox)))
-            while (got := await inbox.take()) is not None:
+            linger, enough = self.config.linger_seconds, self.config.batch
+            while (got := await inbox.take(linger, enough)) is not None:
                 lag = self._lags[got.stream]
                 lag.queued, lag.oldest_queued = 0, 0.0
                 await self._apply(conn, subs[got.stream], got)

@@ -29,7 +29,13 @@ from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
 from services.observability.tracing import setup_tracing
 from services.preflight import require_ledger_schema
-from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.runtime import (
+    GrpcService,
+    run_service_loop,
+    setup_logging,
+    start_grpc,
+    wait_for_shutdown_signal,
+)
 from services.security.config import server_security
 from services.settings import Settings
 from services.wiring import connect_store
@@ -125,7 +131,7 @@ def main() -> None:
     setup_logging("ledger", settings.log_format, settings.log_level)
     tracing = setup_tracing("ledger", settings)
     try:
-        asyncio.run(serve(settings))
+        run_service_loop(serve(settings))
     finally:
         if tracing is not None:
             tracing.shutdown()  # flush the spans still batched

@@ -33,7 +33,13 @@ from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
 from services.observability.tracing import setup_tracing
 from services.preflight import require_notification_schema
-from services.runtime import GrpcService, setup_logging, start_grpc, wait_for_shutdown_signal
+from services.runtime import (
+    GrpcService,
+    run_service_loop,
+    setup_logging,
+    start_grpc,
+    wait_for_shutdown_signal,
+)
 from services.security.config import secret_keyring, server_security, webhook_policy
 from services.security.webhookpolicy import guarded_connector_kwargs
 from services.settings import Settings
@@ -169,7 +175,7 @@ def main() -> None:
     setup_logging("notification", settings.log_format, settings.log_level)
     tracing = setup_tracing("notification", settings)
     try:
-        asyncio.run(serve(settings))
+        run_service_loop(serve(settings))
     finally:
         if tracing is not None:
             tracing.shutdown()  # flush the spans still batched

@@ -24,6 +24,7 @@ from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore, OutgoingMessage, StoreUnavailable, Subscription
 from eventstore.reader import read_batches
 from services.localservers import LocalNats, free_port
+from services.runtime import run_service_loop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -354,3 +355,23 @@ async def test_a_worker_reader_raises_what_the_reader_raises() -> None:
         async for _ in read_batches_in_worker(f"nats://127.0.0.1:{free_port()}", "X", 0, 10, []):
             pass
     assert time.monotonic() - started < 10
+
+
+def test_the_reader_works_on_the_services_event_loop(nats_url: str, streams: StreamNames) -> None:
+    """Services run on uvloop, whose transports are not ``asyncio.Transport`` subclasses (an
+    assertion on that once kept every projection from reading)."""
+    got: list[int] = []
+
+    async def main() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            store = EventStore(nc, streams)
+            await store.ensure_streams()
+            seqs = await fill(store, ["card.c1.funded", "card.c2.funded", "card.c1.frozen"])
+            got.extend([m.sequence async for m in store.replay(1, [subject(store, "card.c1.>")])])
+            assert got == [seqs[0], seqs[2]]
+        finally:
+            await nc.close()
+
+    run_service_loop(main())
+    assert len(got) == 2

@@ -12,7 +12,6 @@ INVALID_ARGUMENT, UNAVAILABLE or INTERNAL, never UNKNOWN, and never with an exce
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar, cast
@@ -38,6 +37,7 @@ from contracts.errors import (
     Unauthenticated,
     Unavailable,
 )
+from services.grpc_handlers import Kind, invoke, rewrap
 from services.outcomes import DETAIL_TYPES, declined_from
 
 REASON_METADATA_KEY: Final = "jetledger-reason"
@@ -275,8 +275,7 @@ def _boundary_unary(behavior: Callable[..., Any], method: str) -> Callable[..., 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await _reject_invalid(request, context)
         try:
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return await invoke(behavior, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -316,18 +315,11 @@ class StatusBoundary(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler  # unknown method: gRPC answers UNIMPLEMENTED
         method = str(handler_call_details.method)
-        deserializer = _tolerant(handler.request_deserializer)
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _boundary_unary(handler.unary_unary, method),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _boundary_stream(handler.unary_stream, method),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        return handler  # client streaming: jetledger has none; left as it is
+
+        def bound(behavior: Any, kind: Kind) -> Any:
+            if kind.request_streaming:
+                return None  # client streaming: jetledger has none; left as it is
+            wrap = _boundary_stream if kind.response_streaming else _boundary_unary
+            return wrap(behavior, method)
+
+        return rewrap(handler, bound, request_deserializer=_tolerant(handler.request_deserializer))

@@ -12,17 +12,17 @@ import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from eventstore import tracing
+from services.grpc_handlers import Handler, invoke, rewrap
 from services.observability.logs import about_command
 from services.observability.metrics import RpcMetrics, split_method
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 Observe = Callable[[str, grpc.StatusCode, float], None]
 
 
@@ -52,23 +52,7 @@ def wrap_handler(
     handler: Handler, method: str, observe: Observe, metadata: dict[str, str] | None = None
 ) -> Handler:
     """A handler like ``handler`` that reports its method, final status and duration."""
-    kinds = (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    )
-    for attribute, build in kinds:
-        behavior = getattr(handler, attribute)
-        if behavior is not None:
-            wrapped: Any = _observed(behavior, method, observe, metadata or {})
-            built: Handler = build(
-                wrapped,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-            return built
-    return handler
+    return rewrap(handler, lambda behavior, _: _observed(behavior, method, observe, metadata or {}))
 
 
 def command_id_of(request: Any) -> str | None:
@@ -147,7 +131,6 @@ def _observed(
 
     async def call(request: Any, context: Any) -> Any:
         with _observing(method, observe, metadata, request, context):
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return await invoke(behavior, request, context)
 
     return call

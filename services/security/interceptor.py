@@ -15,10 +15,11 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import grpc
 
+from services.grpc_handlers import Handler, Kind, invoke, rewrap
 from services.security.identity import Identity, bind, unbind
 from services.security.policy import Rule, rule_for
 from services.security.tokens import TokenAuthenticator, bearer_of
@@ -29,7 +30,6 @@ NO_CREDENTIAL: Final = "a bearer token is required (metadata 'authorization: Bea
 UNKNOWN_CREDENTIAL: Final = "the bearer token is not valid"
 
 Refusal = tuple[grpc.StatusCode, str]
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the type stubs
 
 
 def refusal(
@@ -95,29 +95,12 @@ def _guarded(
 ) -> Handler:
     """A handler like ``handler`` whose behaviour first refuses or binds the caller."""
     args = (method, rule, identity, presented)
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, *args, per_request=True),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, *args, per_request=True),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(
-            _unary(handler.stream_unary, *args, per_request=False),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        _streaming(handler.stream_stream, *args, per_request=False),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+
+    def guard(behavior: Any, kind: Kind) -> Any:
+        guarded = _streaming if kind.response_streaming else _unary
+        return guarded(behavior, *args, per_request=not kind.request_streaming)
+
+    return rewrap(handler, guard)
 
 
 def _unary(
@@ -133,8 +116,7 @@ def _unary(
         scoped = request if per_request else None
         token = await _refuse_or_bind(context, method, rule, identity, presented, scoped)
         try:
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return await invoke(behavior, request, context)
         finally:
             unbind(token)
 

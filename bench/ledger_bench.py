@@ -45,6 +45,7 @@ from contracts.codec import encode
 from contracts.events import SourceEvent
 from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore, OutgoingMessage
+from eventstore.loop import run_loop
 from projections import tracking
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.migrate import apply_migrations
@@ -421,7 +422,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    figures = asyncio.run(measure(args))
+    figures = run_loop(measure(args))  # the projection runs on the services' loop
     if args.json:
         print(json.dumps(figures))
 

@@ -9,7 +9,6 @@ running it as ``__main__`` imports nothing twice.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
 import queue
@@ -17,6 +16,7 @@ import sys
 import threading
 
 from eventstore.errors import StoreUnavailable
+from eventstore.loop import run_loop
 from eventstore.reader import read_batches
 from eventstore.wire import WireOptions
 from eventstore.workers import LENGTH, READ_AHEAD, Frame
@@ -53,7 +53,7 @@ def _child(arguments: str) -> None:
             frames.put(b"B" + pickle.dumps(frame, pickle.HIGHEST_PROTOCOL))
 
     try:
-        asyncio.run(read())
+        run_loop(read())
         frames.put(b"D")  # done
     except StoreUnavailable as exc:
         frames.put(b"U" + str(exc).encode())

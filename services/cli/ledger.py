@@ -15,7 +15,6 @@ Other areas add their own ``replay <projection>`` with ``services.cli.parsing.re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from eventstore.loop import run_loop
 from projections import tracking
 from projections.ledger.derived import repair_derived
 from projections.ledger.migrate import apply_migrations
@@ -96,7 +96,7 @@ def run_command(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
     async def run() -> T:
         return await body()
 
-    return asyncio.run(run())
+    return run_loop(run())  # replay and verify are long: the services' loop
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
+from eventstore.loop import run_loop
 from jetledger.ledger.v1 import ledger_pb2_grpc
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.projection import LedgerProjection
@@ -31,7 +32,6 @@ from services.observability.tracing import setup_tracing
 from services.preflight import require_ledger_schema
 from services.runtime import (
     GrpcService,
-    run_service_loop,
     setup_logging,
     start_grpc,
     wait_for_shutdown_signal,
@@ -131,7 +131,7 @@ def main() -> None:
     setup_logging("ledger", settings.log_format, settings.log_level)
     tracing = setup_tracing("ledger", settings)
     try:
-        run_service_loop(serve(settings))
+        run_loop(serve(settings))
     finally:
         if tracing is not None:
             tracing.shutdown()  # flush the spans still batched

@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
+from eventstore.loop import run_loop
 from projections.metrics import ProjectionMetrics
 from projections.notifications.projection import NotificationProjection
 from projections.notifications.schema import wake_channel
@@ -35,7 +36,6 @@ from services.observability.tracing import setup_tracing
 from services.preflight import require_notification_schema
 from services.runtime import (
     GrpcService,
-    run_service_loop,
     setup_logging,
     start_grpc,
     wait_for_shutdown_signal,
@@ -175,7 +175,7 @@ def main() -> None:
     setup_logging("notification", settings.log_format, settings.log_level)
     tracing = setup_tracing("notification", settings)
     try:
-        run_service_loop(serve(settings))
+        run_loop(serve(settings))
     finally:
         if tracing is not None:
             tracing.shutdown()  # flush the spans still batched

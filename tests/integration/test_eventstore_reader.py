@@ -22,9 +22,9 @@ from nats.aio.client import Client as NATS
 from contracts.errors import Unavailable
 from contracts.subjects import StreamNames, Subjects
 from eventstore import EventStore, OutgoingMessage, StoreUnavailable, Subscription
+from eventstore.loop import run_loop
 from eventstore.reader import read_batches
 from services.localservers import LocalNats, free_port
-from services.runtime import run_service_loop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -373,5 +373,5 @@ def test_the_reader_works_on_the_services_event_loop(nats_url: str, streams: Str
         finally:
             await nc.close()
 
-    run_service_loop(main())
+    run_loop(main())
     assert len(got) == 2

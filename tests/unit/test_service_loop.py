@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.runtime import run_service_loop
+from eventstore.loop import run_loop
 
 
 def test_a_service_main_runs_on_uvloop() -> None:
@@ -13,5 +13,5 @@ def test_a_service_main_runs_on_uvloop() -> None:
     async def main() -> None:
         loops.append(type(asyncio.get_running_loop()).__module__)
 
-    run_service_loop(main())
+    run_loop(main())
     assert loops and loops[0].startswith("uvloop"), loops

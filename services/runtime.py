@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -203,20 +203,39 @@ def _exit_by(deadline: float, service: str) -> None:
     timer.start()
 
 
-def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime]]) -> None:
-    """Entry point of a service: settings from the environment, serve until SIGTERM/SIGINT."""
+def until_shutdown(
+    service: str, deadline: float = SHUTDOWN_DEADLINE
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """An ``until`` for a service's serve loop: return at SIGTERM/SIGINT, having armed the watchdog
+    that ends the process ``deadline`` seconds later, whatever is still running then."""
+
+    async def until() -> None:
+        await wait_for_shutdown_signal()
+        _exit_by(deadline, service)
+
+    return until
+
+
+def run_service(service: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """Entry point of a service process: settings from the environment, logging and tracing
+    configured, ``serve(settings)`` on the services' loop; spans still batched are flushed at the
+    end."""
     settings = Settings.from_env()
     setup_logging(service, settings.log_format, settings.log_level)
     tracing = setup_tracing(service, settings)
-
-    async def serve() -> None:
-        runtime = await start(settings)
-        await wait_for_shutdown_signal()
-        _exit_by(SHUTDOWN_DEADLINE, service)
-        await runtime.stop(DRAIN_GRACE)
-
     try:
-        run_loop(serve())
+        run_loop(serve(settings))
     finally:
         if tracing is not None:
-            tracing.shutdown()  # flush the spans still batched
+            tracing.shutdown()
+
+
+def run_until_signal(service: str, start: Callable[[Settings], Awaitable[Runtime]]) -> None:
+    """Entry point of a gRPC-only service: start it, serve until SIGTERM/SIGINT, drain, stop."""
+
+    async def serve(settings: Settings) -> None:
+        runtime = await start(settings)
+        await until_shutdown(service)()
+        await runtime.stop(DRAIN_GRACE)
+
+    run_service(service, serve)

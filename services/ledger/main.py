@@ -21,19 +21,18 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
-from eventstore.loop import run_loop
 from jetledger.ledger.v1 import ledger_pb2_grpc
 from projections.ledger.metrics import LedgerMetrics
 from projections.ledger.projection import LedgerProjection
 from projections.metrics import ProjectionMetrics
 from projections.runner import ProjectionRunner, RunnerConfig
 from services.ledger.servicer import SERVICE_NAME, LedgerServicer
-from services.observability.tracing import setup_tracing
 from services.preflight import require_ledger_schema
 from services.runtime import (
     GrpcService,
-    setup_logging,
+    run_service,
     start_grpc,
+    until_shutdown,
     wait_for_shutdown_signal,
 )
 from services.security.config import server_security
@@ -126,15 +125,8 @@ async def serve(
 
 
 def main() -> None:
-    """Entry point: configure logging from the settings and serve."""
-    settings = Settings.from_env()
-    setup_logging("ledger", settings.log_format, settings.log_level)
-    tracing = setup_tracing("ledger", settings)
-    try:
-        run_loop(serve(settings))
-    finally:
-        if tracing is not None:
-            tracing.shutdown()  # flush the spans still batched
+    """Entry point: serve until SIGTERM/SIGINT; the process is gone 15 s after it at the latest."""
+    run_service("ledger", lambda settings: serve(settings, until=until_shutdown("ledger")))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.errors import InvalidArgument
-from eventstore.loop import run_loop
 from projections.metrics import ProjectionMetrics
 from projections.notifications.projection import NotificationProjection
 from projections.notifications.schema import wake_channel
@@ -32,12 +31,12 @@ from services.notification.metrics import NotificationMetrics
 from services.notification.preferences import PreferenceCommands
 from services.notification.wakeup import Waker
 from services.notification.webhooks import WebhookConfig, WebhookDispatcher
-from services.observability.tracing import setup_tracing
 from services.preflight import require_notification_schema
 from services.runtime import (
     GrpcService,
-    setup_logging,
+    run_service,
     start_grpc,
+    until_shutdown,
     wait_for_shutdown_signal,
 )
 from services.security.config import secret_keyring, server_security, webhook_policy
@@ -170,15 +169,10 @@ async def serve(
 
 
 def main() -> None:
-    """Entry point: read the settings, configure logging, serve."""
-    settings = Settings.from_env()
-    setup_logging("notification", settings.log_format, settings.log_level)
-    tracing = setup_tracing("notification", settings)
-    try:
-        run_loop(serve(settings))
-    finally:
-        if tracing is not None:
-            tracing.shutdown()  # flush the spans still batched
+    """Entry point: serve until SIGTERM/SIGINT; the process is gone 15 s after it at the latest."""
+    run_service(
+        "notification", lambda settings: serve(settings, until=until_shutdown("notification"))
+    )
 
 
 if __name__ == "__main__":

@@ -116,3 +116,33 @@ def test_a_stuck_loop_still_exits_by_the_deadline() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_service_whose_shutdown_hangs_exits_by_its_deadline() -> None:
+    # The ledger and notification services serve through run_service with until_shutdown: after
+    # SIGTERM their watchdog is armed too, so a shutdown that never ends still ends the process.
+    script = (
+        "import asyncio, time\n"
+        "from services.runtime import run_service, until_shutdown\n"
+        "def ready():\n"
+        "    print('ready', flush=True)\n"
+        "async def serve(settings):\n"
+        "    asyncio.get_running_loop().call_soon(ready)\n"
+        "    await until_shutdown('stuck', deadline=0.5)()\n"
+        "    time.sleep(120)  # a shutdown that never ends\n"
+        "run_service('stuck', serve)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        proc.send_signal(signal.SIGTERM)
+        assert _exited_within(proc, GRACE) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import grpc
@@ -63,7 +64,7 @@ async def _raw_publish_rate(nats_url: str, count: int) -> float:
 
 
 async def _unary(
-    stub: _RoundRobin,
+    stub: _Router,
     cards: list[str],
     total: int,
     concurrency: int,
@@ -79,16 +80,17 @@ async def _unary(
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            card = cards[i % len(cards)]
             request = tx.CreateTransactionRequest(
                 transaction_id=_id("u"),
-                card_id=cards[i % len(cards)],
+                card_id=card,
                 merchant_id="bench",
                 amount=tx.Money(amount=1, currency="USD"),
             )
             t0 = time.perf_counter()
             for attempt in range(6):
                 try:
-                    await stub.next().CreateTransaction(request, timeout=30)
+                    await stub.for_card(card).CreateTransaction(request, timeout=30)
                     break
                 except grpc.aio.AioRpcError as exc:  # retryable: same id again (issue 10)
                     if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 5:
@@ -102,8 +104,7 @@ async def _unary(
 
 
 async def _batched(
-    stub: _RoundRobin,
-    cards: list[str],
+    stub: _Router,
     total: int,
     batch: int,
     concurrency: int,
@@ -122,11 +123,12 @@ async def _batched(
                 b = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
+            target, allowed = stub.for_batch(b)
             commands = [
                 tx.TransactionCommand(
                     create=tx.CreateTransactionRequest(
                         transaction_id=_id("b"),
-                        card_id=cards[(b * spread + i % spread) % len(cards)],
+                        card_id=allowed[(b * spread + i % spread) % len(allowed)],
                         merchant_id="bench",
                         amount=tx.Money(amount=1, currency="USD"),
                     )
@@ -134,7 +136,7 @@ async def _batched(
                 for i in range(batch)
             ]
             for attempt in range(6):
-                reply = await stub.next().SubmitTransactions(
+                reply = await target.SubmitTransactions(
                     tx.SubmitTransactionsRequest(commands=commands), timeout=60
                 )
                 # UNAVAILABLE is retryable: a client resends those commands with the same ids
@@ -272,16 +274,43 @@ async def _stack(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     return out
 
 
-class _RoundRobin:
-    """Spreads calls over several intake processes' stubs."""
+class _Router:
+    """Which intake process a call goes to. With card affinity (several processes), a card's
+    commands always go to the same process, so its cached card state stays current there; without
+    it, calls go round robin and a process often decides on a state another one has moved (a
+    compare-and-set conflict, then a re-read)."""
 
-    def __init__(self, stubs: list[transaction_pb2_grpc.TransactionServiceAsyncStub]) -> None:
+    def __init__(
+        self,
+        stubs: list[transaction_pb2_grpc.TransactionServiceAsyncStub],
+        cards: list[str],
+        affinity: bool,
+    ) -> None:
         self._stubs = stubs
         self._n = 0
+        self.affinity = affinity and len(stubs) > 1
+        count = len(stubs) if self.affinity else 1
+        self.parts = [[c for c in cards if self._owner(c, count) == k] for k in range(count)]
+
+    @staticmethod
+    def _owner(card: str, count: int) -> int:
+        return zlib.crc32(card.encode()) % count
 
     def next(self) -> transaction_pb2_grpc.TransactionServiceAsyncStub:
         self._n += 1
         return self._stubs[self._n % len(self._stubs)]
+
+    def for_card(self, card: str) -> transaction_pb2_grpc.TransactionServiceAsyncStub:
+        return self._stubs[self._owner(card, len(self._stubs))] if self.affinity else self.next()
+
+    def for_batch(
+        self, number: int
+    ) -> tuple[transaction_pb2_grpc.TransactionServiceAsyncStub, list[str]]:
+        """The process batch ``number`` goes to and the cards it may name."""
+        if self.affinity:
+            k = number % len(self.parts)
+            return self._stubs[k], self.parts[k]
+        return self.next(), self.parts[0]
 
 
 async def _phases(
@@ -290,11 +319,11 @@ async def _phases(
     cards: list[str],
     nats_url: str,
 ) -> dict[str, object]:
-    stub = _RoundRobin(stubs)
+    stub = _Router(stubs, cards, args.affinity)
     await _unary(stub, cards, min(500, args.unary), args.concurrency)  # warm caches, connections
     _, seq_latencies = await _unary(stub, cards, args.sequential, 1)
     rate, latencies = await _unary(stub, cards, args.unary, args.concurrency)
-    batch_rate = await _batched(stub, cards, args.batched, args.batch, args.batch_concurrency)
+    batch_rate = await _batched(stub, args.batched, args.batch, args.batch_concurrency)
     seq_q = statistics.quantiles(seq_latencies, n=100)
     q = statistics.quantiles(latencies, n=100)
     out: dict[str, object] = {
@@ -317,8 +346,8 @@ async def _growth(
     nats_server: LocalNats,
 ) -> dict[str, object]:
     """nats-server RSS after 100k and after ``--growth-commands`` commands over the cards."""
-    stub = _RoundRobin(stubs)
     cards = [_id("g") for _ in range(args.growth_cards)]
+    stub = _Router(stubs, cards, args.affinity)
     await _issue(card_stub, cards)
     out: dict[str, object] = {"growth_cards": args.growth_cards}
     done = 0
@@ -327,7 +356,7 @@ async def _growth(
     for checkpoint in checkpoints:
         # 50 cards per request: each request's card lookups stay few (issue 10's lookup storms)
         await _batched(
-            stub, cards, checkpoint - done, args.batch, args.batch_concurrency, cards_per_batch=50
+            stub, checkpoint - done, args.batch, args.batch_concurrency, cards_per_batch=50
         )
         done = checkpoint
         out[f"nats_rss_mb_after_{checkpoint}"] = round(_rss_mb(nats_server.pid), 1)
@@ -458,6 +487,12 @@ def main() -> None:
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--raw", type=int, default=0, help="also time N raw durable publishes")
     parser.add_argument("--processes", type=int, default=1, help="transaction-service processes")
+    parser.add_argument(
+        "--no-affinity",
+        dest="affinity",
+        action="store_false",
+        help="with --processes > 1, spread calls round robin instead of by card",
+    )
     parser.add_argument("--no-index", action="store_true", help="no Postgres command index")
     parser.add_argument(
         "--inflight",

@@ -37,7 +37,7 @@ from contracts.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.grpc_handlers import Kind, invoke, rewrap
+from services.grpc_handlers import Handler, Kind, WrappingInterceptor, invoke, rewrap
 from services.outcomes import DETAIL_TYPES, declined_from
 
 REASON_METADATA_KEY: Final = "jetledger-reason"
@@ -300,21 +300,12 @@ def _boundary_stream(
     return call
 
 
-class StatusBoundary(grpc.aio.ServerInterceptor):
+class StatusBoundary(WrappingInterceptor):
     """The innermost server interceptor of every jetledger service (``services.runtime``): it
     wraps the servicer, after the observing and access interceptors."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: gRPC answers UNIMPLEMENTED
-        method = str(handler_call_details.method)
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        method = str(details.method)
 
         def bound(behavior: Any, kind: Kind) -> Any:
             if kind.request_streaming:

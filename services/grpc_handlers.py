@@ -2,14 +2,15 @@
 
 Every server interceptor here (observing, access, the status boundary) does the same thing: take
 the handler gRPC found for a method, wrap its behaviour, and build a handler of the same kind with
-the same (de)serializers. ``rewrap`` is that, once; ``invoke`` calls a unary behaviour, which may
+the same (de)serializers. ``WrappingInterceptor`` is the shared shape (an unknown method is left to
+gRPC's UNIMPLEMENTED); ``rewrap`` rebuilds a handler; ``invoke`` calls a unary behaviour, which may
 be a plain function or a coroutine function.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -63,3 +64,21 @@ async def invoke(behavior: Callable[[Any, Any], Any], request: Any, context: Any
     """Call a unary behaviour (a function or a coroutine function) and return its answer."""
     result = behavior(request, context)
     return await result if inspect.isawaitable(result) else result
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """A server interceptor that wraps the handler of every known method (``wrap``)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: gRPC answers UNIMPLEMENTED
+        return self.wrap(handler, handler_call_details)
+
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        """The handler to serve ``details.method`` with instead of ``handler``."""
+        raise NotImplementedError

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -19,33 +19,24 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from eventstore import tracing
-from services.grpc_handlers import Handler, invoke, rewrap
+from services.grpc_handlers import Handler, WrappingInterceptor, invoke, rewrap
 from services.observability.logs import about_command
 from services.observability.metrics import RpcMetrics, split_method
 
 Observe = Callable[[str, grpc.StatusCode, float], None]
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+class ObservingInterceptor(WrappingInterceptor):
     """Metrics, a span and the log context for every RPC of the server it is installed on."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # unknown method: gRPC answers UNIMPLEMENTED, nothing to label it by
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
         metadata = {
-            key: value
-            for key, value in handler_call_details.invocation_metadata or ()
-            if isinstance(value, str)
+            key: value for key, value in details.invocation_metadata or () if isinstance(value, str)
         }
-        return wrap_handler(handler, handler_call_details.method, self._metrics.observe, metadata)
+        return wrap_handler(handler, details.method, self._metrics.observe, metadata)
 
 
 def wrap_handler(

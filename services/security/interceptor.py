@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import grpc
 
-from services.grpc_handlers import Handler, Kind, invoke, rewrap
+from services.grpc_handlers import Handler, Kind, WrappingInterceptor, invoke, rewrap
 from services.security.identity import Identity, bind, unbind
 from services.security.policy import Rule, rule_for
 from services.security.tokens import TokenAuthenticator, bearer_of
@@ -47,22 +47,15 @@ def refusal(
     return None if reason is None else (grpc.StatusCode.PERMISSION_DENIED, reason)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     """Authenticates by bearer token and authorizes by the access table, for one server."""
 
     def __init__(self, authenticator: TokenAuthenticator) -> None:
         self._authenticator = authenticator
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler  # unknown method: gRPC answers UNIMPLEMENTED
-        method = handler_call_details.method
-        token = bearer_of(handler_call_details.invocation_metadata)
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        method = details.method
+        token = bearer_of(details.invocation_metadata)
         identity = self._authenticator.authenticate(token)
         return _guarded(handler, method, rule_for(method), identity, token is not None)
 

@@ -67,7 +67,7 @@ async def raw_single(nc: NATS, seconds: float, limit: int) -> Result:
     """One durable publish at a time with plain nats-py."""
     store = await fresh_store(nc, "single")
     js = nc.jetstream()
-    subject = f"{store.names.subjects.prefix}card.c1.funded"
+    subject = store.names.subjects.card("c1")
     count = 0
     start = time.perf_counter()
     deadline = start + seconds
@@ -80,7 +80,7 @@ async def raw_single(nc: NATS, seconds: float, limit: int) -> Result:
 async def raw_batches(nc: NATS, seconds: float, limit: int, size: int = 100) -> Result:
     """Atomic batches of ``size`` built by hand with plain nats-py, one batch at a time."""
     store = await fresh_store(nc, "batch")
-    subject = f"{store.names.subjects.prefix}card.c1.funded"
+    subject = store.names.subjects.card("c1")
     count = 0
     batch = 0
     latencies: list[float] = []
@@ -130,8 +130,7 @@ async def writer_phase(
         nonlocal units
         version = 0
         command = 0
-        family = subjects.card_family(f"c{card}")
-        event_subject = f"{subjects.prefix}card.c{card}.transaction.created"
+        family = event_subject = subjects.card(f"c{card}")
         while units < limit // 2 and time.perf_counter() < stop_at:
             command += 1
             marker = subjects.command_marker(f"k{card}x{command}")

@@ -116,7 +116,7 @@ async def fill(store: EventStore, events: list[SourceEvent]) -> int:
     for start in range(0, len(events), 500):
         chunk = events[start : start + 500]
         positions = await store.append_batch(
-            [OutgoingMessage(subjects.card_event(e.card_id, e), encode(e)) for e in chunk]
+            [OutgoingMessage(subjects.card(e.card_id), encode(e)) for e in chunk]
         )
         last = positions[-1].sequence
     return last
@@ -283,10 +283,7 @@ async def lag_at_rate(db: str, store: EventStore, rate: int, seconds: float) -> 
         chunk = events[start : start + per_tick]
         now = time.perf_counter()
         positions = await asyncio.gather(
-            *(
-                store.append(OutgoingMessage(subjects.card_event(e.card_id, e), encode(e)))
-                for e in chunk
-            )
+            *(store.append(OutgoingMessage(subjects.card(e.card_id), encode(e))) for e in chunk)
         )
         sent.extend((p.sequence, now) for p in positions)
         await asyncio.sleep(max(0.0, started + (tick + 1) / 100 - time.perf_counter()))

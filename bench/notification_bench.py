@@ -110,7 +110,7 @@ async def _run_rate(
     js = store.nc.jetstream()
     for card in cards:
         for event in (card.issue(), card.fund(10**12)):
-            await js.publish(streams.subjects.card_event(card.card_id, event), encode(event))
+            await js.publish(streams.subjects.card(card.card_id), encode(event))
     appended: dict[str, float] = {}
     total = int(rate * seconds)
     start = time.monotonic()
@@ -119,9 +119,7 @@ async def _run_rate(
         card = cards[n % len(cards)]
         purchase = card.purchase(100 + n % 900, f"m-{n % 7}")
         sent_at = time.monotonic()
-        ack = await js.publish(
-            streams.subjects.card_event(card.card_id, purchase), encode(purchase)
-        )
+        ack = await js.publish(streams.subjects.card(card.card_id), encode(purchase))
         appended[f"{ack.stream}:{ack.seq}"] = sent_at
 
     # Steady pace: each append starts at its slot, without waiting for the previous one's ack

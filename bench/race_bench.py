@@ -123,7 +123,7 @@ async def _check_stream(
     nc = await nats.connect(settings.nats_url)
     try:
         store = EventStore(nc, settings.streams)
-        loaded = await store.load(settings.streams.subjects.card_family(card_id))
+        loaded = await store.load(settings.streams.subjects.card(card_id))
     finally:
         await nc.close()
     kinds: dict[str, list[str]] = {}

@@ -52,9 +52,6 @@ class Leg(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
 class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
     """Fields every source event carries."""
 
-    # The last subject token(s) under the card family, e.g. "issued" or "transaction.created".
-    subject_suffix: ClassVar[str]
-
     card_id: str
     command_id: str
     at: datetime  # when it was decided (UTC); the effective time of any legs
@@ -66,11 +63,10 @@ class Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
     fingerprint: str = ""
 
 
-# --- card lifecycle: card.<card_id>.<suffix> ------------------------------------------------------
+# --- card lifecycle (every event of a card is stored on its one subject, card.<card_id>) ----------
 
 
 class CardIssued(Event, frozen=True, tag="card.issued.v1"):
-    subject_suffix: ClassVar[str] = "issued"
     account_id: str
     cardholder_name: str
     card_type: CardType
@@ -80,28 +76,25 @@ class CardIssued(Event, frozen=True, tag="card.issued.v1"):
 
 
 class CardFrozen(Event, frozen=True, tag="card.frozen.v1"):
-    subject_suffix: ClassVar[str] = "frozen"
     reason: str = ""
 
 
 class CardUnfrozen(Event, frozen=True, tag="card.unfrozen.v1"):
-    subject_suffix: ClassVar[str] = "unfrozen"
+    """A frozen card takes payments again."""
 
 
 class CardLimitChanged(Event, frozen=True, tag="card.limit_changed.v1"):
-    subject_suffix: ClassVar[str] = "limit_changed"
     old_limit: int
     new_limit: int
 
 
 class CardClosed(Event, frozen=True, tag="card.closed.v1"):
-    subject_suffix: ClassVar[str] = "closed"
+    """The card declines every further command (``card_closed``); its history stays."""
 
 
 class CardFunded(Event, frozen=True, tag="card.funded.v1"):
     """Money in: a top-up (debit/prepaid) or a repayment (credit), from the funding house account."""
 
-    subject_suffix: ClassVar[str] = "funded"
     amount: int
     currency: str
     legs: tuple[Leg, ...]
@@ -110,7 +103,6 @@ class CardFunded(Event, frozen=True, tag="card.funded.v1"):
 class BalanceAdjusted(Event, frozen=True, tag="card.adjusted.v1"):
     """An operator correction, booked against the adjustments house account."""
 
-    subject_suffix: ClassVar[str] = "adjusted"
     amount: int  # signed: positive credits the card, negative debits it
     currency: str
     legs: tuple[Leg, ...]
@@ -118,13 +110,12 @@ class BalanceAdjusted(Event, frozen=True, tag="card.adjusted.v1"):
     actor: str
 
 
-# --- money: card.<card_id>.transaction.<kind> -----------------------------------------------------
+# --- money: the card's account (also on card.<card_id>) -------------------------------------------
 
 
 class TransactionCreated(Event, frozen=True, tag="transaction.created.v1"):
     """A one-step purchase: posts immediately (the seed's ``transaction.created``)."""
 
-    subject_suffix: ClassVar[str] = "transaction.created"
     merchant_id: str
     amount: int
     currency: str
@@ -135,7 +126,6 @@ class TransactionCreated(Event, frozen=True, tag="transaction.created.v1"):
 class TransactionAuthorized(Event, frozen=True, tag="transaction.authorized.v1"):
     """A hold: reduces the card's available balance until captured, voided or expired."""
 
-    subject_suffix: ClassVar[str] = "transaction.authorized"
     merchant_id: str
     amount: int
     currency: str
@@ -146,7 +136,6 @@ class TransactionAuthorized(Event, frozen=True, tag="transaction.authorized.v1")
 class TransactionCaptured(Event, frozen=True, tag="transaction.captured.v1"):
     """A full or partial capture of a hold: posts the captured amount."""
 
-    subject_suffix: ClassVar[str] = "transaction.captured"
     authorization_id: str
     merchant_id: str
     amount: int
@@ -157,7 +146,6 @@ class TransactionCaptured(Event, frozen=True, tag="transaction.captured.v1"):
 class TransactionVoided(Event, frozen=True, tag="transaction.voided.v1"):
     """The rest of a hold is released by the merchant."""
 
-    subject_suffix: ClassVar[str] = "transaction.voided"
     authorization_id: str
     released: int
     currency: str
@@ -166,7 +154,6 @@ class TransactionVoided(Event, frozen=True, tag="transaction.voided.v1"):
 class TransactionExpired(Event, frozen=True, tag="transaction.expired.v1"):
     """The rest of a hold is released because it expired (appended by the sweeper)."""
 
-    subject_suffix: ClassVar[str] = "transaction.expired"
     authorization_id: str
     released: int
     currency: str
@@ -175,7 +162,6 @@ class TransactionExpired(Event, frozen=True, tag="transaction.expired.v1"):
 class TransactionRefunded(Event, frozen=True, tag="transaction.refunded.v1"):
     """All or part of a posted purchase or capture goes back to the card."""
 
-    subject_suffix: ClassVar[str] = "transaction.refunded"
     original_transaction_id: str
     merchant_id: str
     amount: int
@@ -186,7 +172,6 @@ class TransactionRefunded(Event, frozen=True, tag="transaction.refunded.v1"):
 class TransactionDeclined(Event, frozen=True, tag="transaction.declined.v1"):
     """A command refused by the rules. Recorded so a retry replays the decline and users are told."""
 
-    subject_suffix: ClassVar[str] = "transaction.declined"
     command_type: str
     reason: DeclineReason
     detail: str = ""

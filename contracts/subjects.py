@@ -2,18 +2,21 @@
 
 Subjects go broad → narrow. With the default empty prefix:
 
-- ``card.<card_id>.issued|frozen|unfrozen|limit_changed|closed|funded|adjusted`` — card lifecycle
-- ``card.<card_id>.transaction.created|authorized|captured|voided|refunded|expired|declined`` —
-  the money events of the card's account
-- ``command.<command_id>`` — the idempotency/outcome marker of a command (one message, ever)
+- ``card.<card_id>`` — every event of one card, lifecycle (issued, frozen, funded …) and money
+  (transaction created, authorized, captured …) alike; the event's kind is its ``type`` tag
+- ``command.<command_id>`` — the legacy outcome marker of a command (notification preferences)
 - ``ledger.entry_created.<account_id>`` — derived journal entries (ledger projection outbox)
 - ``snapshot.card.<card_id>`` — the intake's snapshot of a card's decision state (its own stream,
   ``<source>_SNAPSHOTS``, one message kept per subject; derived, never the source of truth)
 - ``notify.card.<card_id>.preferences_set|webhook_set|webhook_removed`` — a card's notification
   preferences; ``notify.default.…`` — the operator's global default (source stream)
 
-A card's lifecycle and money events share one compare-and-set family, ``card.<card_id>.>``, so a
-decision is never appended after a card event it did not see (docs/architecture.md, invariant 6).
+A card's lifecycle and money events share one literal subject, which is also its compare-and-set
+subject, so a decision is never appended after a card event it did not see (docs/architecture.md,
+invariant 6). One *literal* subject per card, not a family of per-kind subjects under a wildcard:
+nats-server answers a literal subject from its per-subject index in constant time, while a wildcard
+read over a stream with many subjects scans every block after the start (docs/eventstore.md,
+"One subject per card").
 
 The prefix (e.g. ``"t1a2b."``) lets tests and tenants run isolated streams on one server; the
 stream name travels with it in ``StreamNames``.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.events import CardIssued, Event, NotifyEvent
+from contracts.events import NotifyEvent
 from contracts.ids import check_id
 
 
@@ -39,13 +42,9 @@ class Subjects:
 
     # -- source stream ---------------------------------------------------------------------------
 
-    def card_family(self, card_id: str) -> str:
-        """The compare-and-set family of one card: all its lifecycle and money events."""
-        return f"{self.prefix}card.{check_id(card_id, 'card_id')}.>"
-
-    def card_event(self, card_id: str, event: Event | type[Event]) -> str:
-        """The subject one event of a card is stored on."""
-        return f"{self.prefix}card.{check_id(card_id, 'card_id')}.{event.subject_suffix}"
+    def card(self, card_id: str) -> str:
+        """The subject of every event of one card, and its compare-and-set subject."""
+        return f"{self.prefix}card.{check_id(card_id, 'card_id')}"
 
     def command_marker(self, command_id: str) -> str:
         """The outcome marker subject of one command id."""
@@ -61,13 +60,15 @@ class Subjects:
 
     @property
     def all_cards(self) -> str:
-        """Every card lifecycle and money event (what the ledger projection consumes)."""
-        return f"{self.prefix}card.>"
+        """Every card's events (what the projections consume); one subject per card, so the
+        stream's subject index is also the card directory."""
+        return f"{self.prefix}card.*"
 
     @property
-    def all_issued(self) -> str:
-        """The ``issued`` event of every card: one subject per card (the card directory)."""
-        return f"{self.prefix}card.*.{CardIssued.subject_suffix}"
+    def legacy_cards(self) -> str:
+        """The per-kind card subjects of the first layout (``card.<id>.issued`` …): a stream
+        that holds any is refused (``EventStore.ensure_streams``)."""
+        return f"{self.prefix}card.*.>"
 
     @property
     def all_commands(self) -> str:
@@ -103,9 +104,9 @@ class Subjects:
     # -- parsing ----------------------------------------------------------------------------------
 
     def card_id_of(self, subject: str) -> str:
-        """Return the card id token of a ``card.<card_id>.…`` subject."""
+        """Return the card id token of a ``card.<card_id>`` subject."""
         tokens = subject[len(self.prefix) :].split(".")
-        if len(tokens) < 3 or tokens[0] != "card" or not subject.startswith(self.prefix):
+        if len(tokens) != 2 or tokens[0] != "card" or not subject.startswith(self.prefix):
             raise ValueError(f"not a card subject: {subject!r}")
         return tokens[1]
 

@@ -18,6 +18,7 @@ from eventstore.batching import MAX_BATCH, check_batch, subject_matches
 from eventstore.errors import (
     BatchRejected,
     DuplicateMessageId,
+    IncompatibleStream,
     InvalidBatch,
     StoreError,
     StoreUnavailable,
@@ -43,6 +44,7 @@ __all__ = [
     "EventStore",
     "Expectation",
     "GroupCommitWriter",
+    "IncompatibleStream",
     "InvalidBatch",
     "Loaded",
     "OutgoingMessage",

@@ -2,8 +2,8 @@
 
 The server evaluates every compare-and-set in a batch against the stream *as it was before the
 batch* (verified on nats-server 2.15.1). So a check whose filter covers a subject written earlier in
-the same batch would pass stale: e.g. ``card.c1.frozen`` then a purchase expecting the old
-``card.c1.>`` sequence would both be stored. The server only refuses the narrowest form of this
+the same batch would pass stale: e.g. ``a.c1.frozen`` then a purchase expecting the old ``a.c1.>``
+sequence would both be stored. The server only refuses the narrowest form of this
 (a plain per-subject check on an already-written subject, err_code 10164); ``check_batch`` refuses
 all of it before anything is sent, and ``BatchGuard`` keeps the group-commit writer from building
 such batches out of independent commands.
@@ -28,7 +28,7 @@ def subject_matches(subject_filter: str, subject: str) -> bool:
     if subject_filter == subject:
         return True
     if "*" not in subject_filter and ">" not in subject_filter[:-1]:
-        # the common shapes on the write path: a literal subject, or a family such as card.c1.>
+        # the common shapes: a literal subject (the write path's card.c1), or a family such as a.b.>
         if subject_filter == ">":
             return True
         return subject_filter.endswith(".>") and subject.startswith(subject_filter[:-1])

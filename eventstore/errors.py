@@ -38,6 +38,11 @@ class StoreError(LedgerError):
         self.err_code = err_code
 
 
+class IncompatibleStream(StoreError):
+    """The stream was written in a layout this release does not read (e.g. per-kind card
+    subjects); nothing reads or writes it until it is migrated."""
+
+
 class StoreUnavailable(StoreError, Unavailable):
     """NATS cannot be reached, timed out, or is shedding load; the outcome may be unknown."""
 

@@ -34,6 +34,7 @@ from eventstore.batching import (
 )
 from eventstore.errors import (
     ERR_STREAM_NAME_IN_USE,
+    IncompatibleStream,
     InvalidBatch,
     StoreError,
     StoreUnavailable,
@@ -92,6 +93,16 @@ class _StreamInfo(msgspec.Struct):
 _ack_decoder: Final = msgspec.json.Decoder(_PubAck)
 _info_decoder: Final = msgspec.json.Decoder(_StreamInfo)
 _json: Final = msgspec.json.Encoder()
+
+
+class _StoredSubject(msgspec.Struct):
+    subject: str
+
+
+class _MsgGetReply(msgspec.Struct):
+    """The part of a ``STREAM.MSG.GET`` reply read here (an error reply has no ``message``)."""
+
+    message: _StoredSubject | None = None
 
 
 def parse_time(value: str) -> datetime:
@@ -182,12 +193,31 @@ class EventStore:
         self, replicas: int = 1, duplicate_window: timedelta = DEFAULT_DUPLICATE_WINDOW
     ) -> None:
         """Create or update the source and derived streams to the required configuration."""
+        if not await self.missing_streams([self.names.source]):
+            await self.refuse_legacy_layout()
         for config in (
             source_stream_config(self.names, replicas, duplicate_window),
             derived_stream_config(self.names, replicas, duplicate_window),
             snapshot_stream_config(self.names, replicas),
         ):
             await self._ensure_stream(config)
+
+    async def refuse_legacy_layout(self) -> None:
+        """``IncompatibleStream`` if the source stream holds card events on per-kind subjects
+        (``card.<id>.issued`` …, the first layout), which no reader of this release would see."""
+        # STREAM.MSG.GET, not a direct get: a stream made by an older release may lack allow_direct
+        request = _json.encode({"last_by_subj": self.names.subjects.legacy_cards})
+        try:
+            reply = await self._request(f"$JS.API.STREAM.MSG.GET.{self.names.source}", request)
+        except Exception as exc:
+            raise translate(exc) from exc
+        found = msgspec.json.decode(reply.data, type=_MsgGetReply).message
+        if found is not None:
+            raise IncompatibleStream(
+                f"stream {self.names.source} holds card events on per-kind subjects (e.g."
+                f" {found.subject!r}); this release stores a card's events on one subject,"
+                " card.<card_id>: replay them into a new stream (docs/eventstore.md)"
+            )
 
     async def missing_streams(self, names: Sequence[str] | None = None) -> list[str]:
         """Which of ``names`` (default: the source and derived streams) do not exist."""
@@ -374,7 +404,8 @@ class EventStore:
         if status is None:
             found = stored_from_direct(reply)
             if "*" not in subject and ">" not in subject:
-                # a literal subject is read to decide on (a command's outcome marker); a filter
+                # a literal subject is read to decide on (a card's last event, a command's
+                # outcome marker); a filter
                 # asks where a stream or family ends (verify, rebuilds), whatever is there
                 self._refuse_tampered((found,))
             return found

@@ -112,6 +112,8 @@ async def connect_store(settings: Settings, name: str, *, writer: bool = False) 
     needed = [settings.streams.source] if writer else None
     try:
         missing = await store.missing_streams(needed)
+        if settings.streams.source not in missing:
+            await store.refuse_legacy_layout()
     except BaseException:
         await nc.close()
         raise

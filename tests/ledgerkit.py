@@ -61,9 +61,7 @@ async def append(js: JetStreamContext, streams: StreamNames, events: list[Source
         chunk = events[start : start + 500]
         acks = await asyncio.gather(
             *(
-                js.publish(
-                    streams.subjects.card_event(e.card_id, e), encode(e), stream=streams.source
-                )
+                js.publish(streams.subjects.card(e.card_id), encode(e), stream=streams.source)
                 for e in chunk
             )
         )
@@ -114,7 +112,7 @@ async def append_with_markers(
         acks = await asyncio.gather(
             *(
                 js.publish(
-                    streams.subjects.card_event(e.card_id, e)
+                    streams.subjects.card(e.card_id)
                     if e is not None
                     else streams.subjects.command_marker(marker),
                     encode(e) if e is not None else b"{}",

@@ -73,9 +73,7 @@ async def append(js: JetStreamContext, streams: StreamNames, *events: Event) -> 
     """Append card events to their subjects; return their sequences."""
     seqs = []
     for e in events:
-        ack = await js.publish(
-            streams.subjects.card_event(e.card_id, e), encode(e), stream=streams.source
-        )
+        ack = await js.publish(streams.subjects.card(e.card_id), encode(e), stream=streams.source)
         seqs.append(int(ack.seq))
     return seqs
 

@@ -129,7 +129,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
             return None
         if written:
             return await self._live.state(card_id, written, LIVE_WAIT)
-        last = await self._store.last_by_subject(self._subjects.card_family(card_id))
+        last = await self._store.last_by_subject(self._subjects.card(card_id))
         if last is None:
             return EMPTY
         return await self._live.state(card_id, last.sequence, LIVE_WAIT)
@@ -221,10 +221,10 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         after = request.page_token
         if after:
             check_id(after, "page_token")
-        # One `issued` subject per card: the stream's own subject index is the card directory.
-        issued = await self._store.subjects(self._subjects.all_issued)
+        # One subject per card: the stream's own subject index is the card directory.
+        subjects = await self._store.subjects(self._subjects.all_cards)
         ids = sorted(
-            card_id for card_id in map(self._subjects.card_id_of, issued) if card_id > after
+            card_id for card_id in map(self._subjects.card_id_of, subjects) if card_id > after
         )
         page = ids[:size]
         now = datetime.now(UTC)

@@ -2,7 +2,7 @@
 
 The stream is the source of truth, so this reads it directly (an ordered consumer through
 ``EventStore.replay``), not a projection. Subject filters are relative to the configured prefix,
-e.g. ``--subject 'card.alice.>'``. Webhook secrets, which preference events carry, are masked.
+e.g. ``--subject card.alice`` (every event of one card) or ``'card.*'``. Webhook secrets, which preference events carry, are masked.
 
 This module also registers ``balance`` and ``entries`` (``services/cli/accounts.py``) when no
 earlier area did: it is the last area ``services/cli/main.py`` loads.
@@ -40,7 +40,7 @@ def register(subparsers: Subparsers) -> None:
     actions = area.add_subparsers(dest="action", metavar="ACTION", required=True)
     tail = actions.add_parser("tail", help="the last events of the stream (and follow it)")
     tail.add_argument(
-        "--subject", action="append", default=[], help="subject filter, e.g. 'card.alice.>'"
+        "--subject", action="append", default=[], help="subject filter, e.g. card.alice or 'card.*'"
     )
     tail.add_argument("--last", type=int, default=20, metavar="N", help="show the last N events")
     tail.add_argument("--from-seq", type=int, default=0, metavar="N", help="start at sequence N")

@@ -84,12 +84,12 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "jetledger entries merchant-coffee --limit 500 --json",
     ),
     "events": (
-        "jetledger events tail --subject 'card.alice.>'",
+        "jetledger events tail --subject card.alice",
         "jetledger events tail -f",
     ),
     "events tail": (
         "jetledger events tail                      # the last 20 events",
-        "jetledger events tail --subject 'card.alice.>' --json",
+        "jetledger events tail --subject card.alice --json",
         "jetledger events tail --from-seq 1 --last 1000",
         "jetledger events tail -f --max 10          # follow, stop after 10 new events",
         "jetledger events tail --derived --subject 'ledger.entry_created.card-alice'",

@@ -264,9 +264,7 @@ class CardStates:
         if entry is None:
             entry = await self._cold(card_id)
         state = entry.state
-        loaded = await self._store.load(
-            self._subjects.card_family(card_id), after_sequence=state.version
-        )
+        loaded = await self._store.load(self._subjects.card(card_id), after_sequence=state.version)
         for message in loaded.messages:
             event = decode_event(message.data)
             state = evolve(state, event, message.sequence)

@@ -333,7 +333,7 @@ class CommandHandler:
                 return None  # the index has read past every command the log forgot
             start = max(start, answer.position)
         # The index is behind (or absent): read the part of the card's history it has not seen.
-        loaded = await self._store.load(self._subjects.card_family(card_id), after_sequence=start)
+        loaded = await self._store.load(self._subjects.card(card_id), after_sequence=start)
         found: Recorded | None = None
         for message in loaded.messages:
             if message.sequence > upto:
@@ -373,11 +373,11 @@ class CommandHandler:
     def _unit(
         self, card_id: str, version: int, events: tuple[SourceEvent, ...]
     ) -> list[OutgoingMessage]:
-        family = Expectation(self._subjects.card_family(card_id), version)
+        family = Expectation(self._subjects.card(card_id), version)
         traced = trace_headers()  # the RPC's span: projections and webhooks continue its trace
         return [
             OutgoingMessage(
-                subject=self._subjects.card_event(card_id, event),
+                subject=self._subjects.card(card_id),
                 data=encode(event),
                 headers=traced,
                 expect=family if index == 0 else None,

@@ -1,8 +1,9 @@
 """The hold sweeper: appends ``transaction.expired`` for holds whose time has passed.
 
 Decisions never wait for it (an expired hold stops counting the moment it lapses, docs/architecture.md, §4.3);
-the sweeper exists so projections and notifications *see* the expiry. It reads the stream's
-``authorized`` events incrementally, and when a hold is due it submits ``ExpireAuthorization``
+the sweeper exists so projections and notifications *see* the expiry. It reads the cards' events
+incrementally (all of them: a card's events share one subject, so the kind is in the event, not in
+the subject), keeps the hold events, and when a hold is due it submits ``ExpireAuthorization``
 under a deterministic command id, so several replicas sweeping at once record it exactly once.
 
 It remembers open holds only: the captures, voids and expiries it reads end them, so its memory
@@ -79,8 +80,7 @@ class HoldSweeper:
 
     async def sweep(self) -> int:
         """Read new hold events, expire the due holds; return how many expiries were recorded."""
-        kinds = (TransactionAuthorized, TransactionCaptured, TransactionVoided, TransactionExpired)
-        filters = [f"{self._subjects.prefix}card.*.{kind.subject_suffix}" for kind in kinds]
+        filters = [self._subjects.all_cards]
         # Read only what was appended since the last sweep, not since the last hold.
         end = await self._store.last_sequence()
         if end >= self._next_sequence:

@@ -13,7 +13,6 @@ import grpc
 import nats
 import pytest
 
-from contracts.events import CardFunded
 from eventstore import EventStore
 from eventstore import headers as h
 from eventstore.integrity import Keyring, Verdict, check_stored
@@ -146,7 +145,7 @@ async def test_a_forged_card_event_with_another_services_certificate_is_refused(
     system: DevSystem,
 ) -> None:
     assert system.credentials is not None
-    subject = system.settings.streams.subjects.card_event("sec", CardFunded)
+    subject = system.settings.streams.subjects.card("sec")
     stream = system.settings.stream
     for user in ("ledger", "notification", "reader", "admin"):
         errors: list[str] = []
@@ -226,7 +225,7 @@ async def test_every_event_records_who_acted_under_a_mac_that_checks(system: Dev
     try:
         store = EventStore(nc, system.settings.streams)
         subjects = system.settings.streams.subjects
-        events = (await store.load(subjects.card_family(card))).messages
+        events = (await store.load(subjects.card(card))).messages
     finally:
         await nc.close()
     assert [m.headers[h.ACTOR] for m in events] == ["card-admin", "operator"]

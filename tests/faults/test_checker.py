@@ -15,7 +15,7 @@ PREFIX = "p."
 
 def card_issued(seq: int, card: str, limit: int = 100) -> StreamMessage:
     body = {"type": "card.issued.v1", "card_id": card, "command_id": f"issue-{card}"}
-    return StreamMessage(seq, f"{PREFIX}card.{card}.issued", {**body, "credit_limit": limit})
+    return StreamMessage(seq, f"{PREFIX}card.{card}", {**body, "credit_limit": limit})
 
 
 def purchase(seq: int, card: str, command_id: str, amount: int) -> StreamMessage:
@@ -30,7 +30,7 @@ def purchase(seq: int, card: str, command_id: str, amount: int) -> StreamMessage
         "amount": amount,
         "legs": legs,
     }
-    return StreamMessage(seq, f"{PREFIX}card.{card}.transaction.created", body)
+    return StreamMessage(seq, f"{PREFIX}card.{card}", body)
 
 
 def op(op_id: str, seq: int, kind: str = "purchase", status: str = "OK") -> Op:

@@ -29,7 +29,10 @@ async def test_an_r3_stream_survives_kill_9_of_its_leader_and_a_follower(tmp_pat
                 for attempt in range(6):
                     try:
                         ack = await js.publish(
-                            "lc.card.x.t", b"%d" % n, timeout=20, headers={"Nats-Msg-Id": f"m{n}"}
+                            streams.subjects.card("x"),
+                            b"%d" % n,
+                            timeout=20,
+                            headers={"Nats-Msg-Id": f"m{n}"},
                         )
                         return int(ack.seq)
                     except nats.errors.TimeoutError:

@@ -42,9 +42,9 @@ async def test_a_killed_server_keeps_every_acknowledged_append(tmp_path: Path) -
                 marker = NAMES.subjects.command_marker(f"k{card}-{n}")
                 unit = [
                     OutgoingMessage(
-                        f"crash.card.c{card}.funded",
+                        NAMES.subjects.card(f"c{card}"),
                         f"{card}:{n}".encode(),
-                        expect=Expectation(NAMES.subjects.card_family(f"c{card}"), version),
+                        expect=Expectation(NAMES.subjects.card(f"c{card}"), version),
                     ),
                     OutgoingMessage(marker, b"done", expect=Expectation(marker, 0)),
                 ]

@@ -28,9 +28,9 @@ def unit(
     marker = subjects.command_marker(command_id)
     return [
         OutgoingMessage(
-            f"{subjects.prefix}card.{card_id}.transaction.created",
+            subjects.card(card_id),
             command_id.encode(),
-            expect=Expectation(subjects.card_family(card_id), version),
+            expect=Expectation(subjects.card(card_id), version),
             msg_id=msg_id,
         ),
         OutgoingMessage(marker, command_id.encode(), expect=Expectation(marker, 0)),
@@ -47,7 +47,7 @@ async def test_200_concurrent_appends_lose_none_and_double_none(store: EventStor
     assert len(set(positions)) == 400
     assert await store.last_sequence() == 400
     for i, result in enumerate(results):
-        loaded = await store.load(store.names.subjects.card_family(f"c{i}"))
+        loaded = await store.load(store.names.subjects.card(f"c{i}"))
         assert [m.position for m in loaded.messages] == [result[0]]
         assert loaded.messages[0].data == f"k{i}".encode()
         marker = await store.last_by_subject(store.names.subjects.command_marker(f"k{i}"))
@@ -60,9 +60,7 @@ async def test_200_concurrent_appends_lose_none_and_double_none(store: EventStor
 async def test_one_conflicting_unit_fails_alone_and_the_rest_of_its_batch_commits(
     store: EventStore,
 ) -> None:
-    taken = await store.append(
-        OutgoingMessage(f"{store.names.subjects.prefix}card.busy.issued", b"first")
-    )
+    taken = await store.append(OutgoingMessage(store.names.subjects.card("busy"), b"first"))
     writer = GroupCommitWriter(store, max_inflight=1)
     units = [unit(store, f"c{i}", f"k{i}", 0) for i in range(30)]
     units.insert(17, unit(store, "busy", "stale", 0))  # stale: the card holds `taken`
@@ -92,7 +90,7 @@ async def test_two_commands_on_one_card_never_share_a_batch(store: EventStore) -
     assert isinstance(first, list)
     assert isinstance(second, WrongLastSequence)
     assert second.found == first[1].sequence or second.found == first[0].sequence
-    assert len((await store.load(store.names.subjects.card_family("c1"))).messages) == 1
+    assert len((await store.load(store.names.subjects.card("c1"))).messages) == 1
 
 
 async def test_a_hot_card_admits_exactly_one_decision_per_version(store: EventStore) -> None:

@@ -11,7 +11,7 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
 from contracts.subjects import StreamNames
-from eventstore import EventStore, OutgoingMessage, StoreError
+from eventstore import EventStore, IncompatibleStream, OutgoingMessage, StoreError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,14 +57,14 @@ async def test_a_stream_made_by_an_older_configuration_is_brought_up_to_date(
     await js.add_stream(
         StreamConfig(
             name=streams.source,
-            subjects=[streams.subjects.all_cards],
+            subjects=[f"{streams.subjects.prefix}card.>"],
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_age=3600,
             duplicate_window=120,
         )
     )
-    await js.publish(f"{streams.subjects.prefix}card.c1.issued", b"{}")
+    await js.publish(streams.subjects.card("c1"), b"{}")
 
     await EventStore(nats_conn, streams).ensure_streams(duplicate_window=timedelta(seconds=30))
 
@@ -77,8 +77,28 @@ async def test_a_stream_made_by_an_older_configuration_is_brought_up_to_date(
     assert info.state.messages == 1  # the upgrade kept the history
 
 
+async def test_a_stream_with_card_events_on_per_kind_subjects_is_refused(
+    nats_conn: NATS, streams: StreamNames
+) -> None:
+    """The first layout stored a card's events on ``card.<id>.<kind>``: no reader of this release
+    would see them, so neither provisioning nor a service start goes on as if it were empty."""
+    js = nats_conn.jetstream()
+    await js.add_stream(
+        StreamConfig(name=streams.source, subjects=[f"{streams.subjects.prefix}card.>"])
+    )
+    await js.publish(f"{streams.subjects.prefix}card.c1.issued", b"{}")
+    store = EventStore(nats_conn, streams)
+
+    with pytest.raises(IncompatibleStream, match=r"card\.c1\.issued"):
+        await store.ensure_streams()
+    with pytest.raises(IncompatibleStream):
+        await store.refuse_legacy_layout()
+    config = await raw_config(nats_conn, streams.source)
+    assert config["subjects"] == [f"{streams.subjects.prefix}card.>"]  # left as it was
+
+
 async def test_deletes_and_purges_are_refused(store: EventStore, nats_conn: NATS) -> None:
-    subject = f"{store.names.subjects.prefix}card.c1.issued"
+    subject = store.names.subjects.card("c1")
     position = await store.append(OutgoingMessage(subject, b"{}"))
     js = nats_conn.jetstream()
 

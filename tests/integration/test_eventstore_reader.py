@@ -64,7 +64,7 @@ async def drain(sub: Subscription, want: int, within: float = 20.0) -> list[int]
 async def test_replay_filters_here_or_on_the_server_and_stops_where_asked(
     store: EventStore,
 ) -> None:
-    rests = [f"card.c{i % 5}.funded" if i % 3 else f"command.k{i}" for i in range(2500)]
+    rests = [f"card.c{i % 5}" if i % 3 else f"command.k{i}" for i in range(2500)]
     seqs = await fill(store, rests)
     cards = [s for s, r in zip(seqs, rests, strict=True) if r.startswith("card.")]
     for server_filter in (False, True):
@@ -75,8 +75,8 @@ async def test_replay_filters_here_or_on_the_server_and_stops_where_asked(
             )
         ]
         assert got == cards
-    one = [s for s, r in zip(seqs, rests, strict=True) if r.startswith("card.c1.")]
-    assert [m.sequence async for m in store.replay(1, [subject(store, "card.c1.>")])] == one
+    one = [s for s, r in zip(seqs, rests, strict=True) if r == "card.c1"]
+    assert [m.sequence async for m in store.replay(1, [subject(store, "card.c1")])] == one
     # bounded by ``until``, and the batches say how far they covered (markers included)
     batches = [
         b async for b in store.replay_batches(100, [store.names.subjects.all_cards], until=2000,
@@ -94,7 +94,7 @@ async def test_replay_filters_here_or_on_the_server_and_stops_where_asked(
 
 async def test_replay_messages_carry_headers_and_time(store: EventStore) -> None:
     await store.append(
-        OutgoingMessage(subject(store, "card.c1.funded"), b"x", headers={"traceparent": "00-ab"})
+        OutgoingMessage(subject(store, "card.c1"), b"x", headers={"traceparent": "00-ab"})
     )
     (message,) = [m async for m in store.replay()]
     assert message.headers["traceparent"] == "00-ab"
@@ -103,7 +103,7 @@ async def test_replay_messages_carry_headers_and_time(store: EventStore) -> None
 
 
 async def test_replay_follows_live_appends(store: EventStore) -> None:
-    await fill(store, ["card.c1.funded"])
+    await fill(store, ["card.c1"])
     received: list[int] = []
 
     async def read_three() -> None:
@@ -114,7 +114,7 @@ async def test_replay_follows_live_appends(store: EventStore) -> None:
 
     reader = asyncio.create_task(read_three())
     await asyncio.sleep(0.3)
-    await fill(store, ["card.c1.funded", "card.c1.funded"])
+    await fill(store, ["card.c1", "card.c1"])
     await asyncio.wait_for(reader, 10)
     assert received == [1, 2, 3]
 
@@ -122,7 +122,7 @@ async def test_replay_follows_live_appends(store: EventStore) -> None:
 async def test_a_subscription_starts_at_the_callers_position_not_at_its_acks(
     store: EventStore,
 ) -> None:
-    await fill(store, ["card.c1.funded"] * 20)
+    await fill(store, ["card.c1"] * 20)
     cards = [store.names.subjects.all_cards]
     sub = await store.subscribe("proj", 0, cards)
     assert await drain(sub, 20) == list(range(1, 21))  # all acked
@@ -130,7 +130,7 @@ async def test_a_subscription_starts_at_the_callers_position_not_at_its_acks(
     # the caller's tracking row says 5 (say, a rolled-back commit): it decides, not the acks
     sub = await store.subscribe("proj", 5, cards)
     assert await drain(sub, 15) == list(range(6, 21))
-    await fill(store, ["command.k1", "card.c2.funded"])
+    await fill(store, ["command.k1", "card.c2"])
     # 21 is filtered out here, and may arrive alone: a batch of no messages at position 21
     got = await sub.next_batch(100, 5.0)
     assert got is not None
@@ -150,7 +150,7 @@ async def test_a_subscription_starts_at_the_callers_position_not_at_its_acks(
 async def test_acks_move_the_durable_consumers_ack_floor(
     store: EventStore, nats_conn: NATS
 ) -> None:
-    await fill(store, ["card.c1.funded"] * 10)
+    await fill(store, ["card.c1"] * 10)
     sub = await store.subscribe("acked", 0, [store.names.subjects.all_cards])
     seen: list[int] = []
     while len(seen) < 4:  # a pull of 4 may be delivered in more than one batch
@@ -170,15 +170,15 @@ async def test_a_stolen_delivery_is_a_gap_the_subscription_never_skips(
 ) -> None:
     """Another client pulls from the same durable: a consumer-sequence jump, then a re-anchor."""
     sub = await store.subscribe("shared", 0, [store.names.subjects.all_cards])
-    await fill(store, ["card.c1.funded"] * 5)
+    await fill(store, ["card.c1"] * 5)
     assert await drain(sub, 5) == [1, 2, 3, 4, 5]
     thief = await nats_conn.jetstream().pull_subscribe_bind("shared", stream=store.names.source)
     steal = asyncio.create_task(thief.fetch(1, timeout=10))
     await asyncio.sleep(2.6)  # our idle pulls expire; the thief's is now first in line
-    await fill(store, ["card.c1.funded"])
+    await fill(store, ["card.c1"])
     stolen = await steal
     assert [m.metadata.sequence.stream for m in stolen] == [6]
-    await fill(store, ["card.c1.funded"] * 3)
+    await fill(store, ["card.c1"] * 3)
     assert await drain(sub, 4) == [6, 7, 8, 9]  # every one, in order, the stolen one included
     assert sub.reanchors >= 1
     await thief.unsubscribe()
@@ -188,14 +188,14 @@ async def test_a_stolen_delivery_is_a_gap_the_subscription_never_skips(
 async def test_a_redelivery_after_the_ack_wait_re_anchors_without_repeating(
     store: EventStore,
 ) -> None:
-    await fill(store, ["card.c1.funded"] * 3)
+    await fill(store, ["card.c1"] * 3)
     sub = await store.subscribe(
         "slow", 0, [store.names.subjects.all_cards], ack_wait=timedelta(seconds=1)
     )
     got = await sub.next_batch(100, 5.0)
     assert got is not None and [m.sequence for m in got.messages] == [1, 2, 3]
     await asyncio.sleep(1.6)  # not acked: the server redelivers, which we must not hand out again
-    await fill(store, ["card.c1.funded"] * 2)
+    await fill(store, ["card.c1"] * 2)
     assert await drain(sub, 2) == [4, 5]
     assert sub.reanchors >= 1
     await sub.close()
@@ -204,11 +204,11 @@ async def test_a_redelivery_after_the_ack_wait_re_anchors_without_repeating(
 async def test_a_deleted_consumer_is_re_created_after_the_last_handed_out(
     store: EventStore, nats_conn: NATS
 ) -> None:
-    await fill(store, ["card.c1.funded"] * 4)
+    await fill(store, ["card.c1"] * 4)
     sub = await store.subscribe("gone", 0, [store.names.subjects.all_cards])
     assert await drain(sub, 4) == [1, 2, 3, 4]
     await nats_conn.jetstream().delete_consumer(store.names.source, "gone")
-    await fill(store, ["card.c1.funded"] * 2)
+    await fill(store, ["card.c1"] * 2)
     assert await drain(sub, 2) == [5, 6]
     assert sub.reanchors >= 1
     await sub.close()
@@ -228,9 +228,7 @@ async def test_kill_9_of_nats_server_mid_replay_and_mid_subscription(tmp_path: P
         store = EventStore(nc, NAMES)
         await store.ensure_streams()
         total = 30_000
-        await fill(
-            store, [f"card.c{i % 100}.funded" if i % 4 else f"command.k{i}" for i in range(total)]
-        )
+        await fill(store, [f"card.c{i % 100}" if i % 4 else f"command.k{i}" for i in range(total)])
         expected = [m.sequence async for m in store.replay(1, [NAMES.subjects.all_cards])]
         sub = await store.subscribe("live", 0, [NAMES.subjects.all_cards], batch=200)
         live: list[int] = []
@@ -276,7 +274,7 @@ async def test_a_server_that_stays_away_makes_a_replay_raise_not_end(tmp_path: P
         nc = await nats.connect(server.url, connect_timeout=5)
         store = EventStore(nc, NAMES)
         await store.ensure_streams()
-        await fill(store, ["card.c1.funded"] * 5000)
+        await fill(store, ["card.c1"] * 5000)
         url = store.read_url
         await nc.close()
         seen = 0
@@ -314,7 +312,7 @@ async def test_credentials_in_the_url_are_used(tmp_path: Path) -> None:
         nc = await nats.connect(url, connect_timeout=5)
         store = EventStore(nc, NAMES)
         await store.ensure_streams()
-        await fill(store, ["card.c1.funded"] * 3)
+        await fill(store, ["card.c1"] * 3)
         assert [m.sequence async for m in store.replay()] == [1, 2, 3]
         await nc.close()
         wrong = f"nats://reader:nope@127.0.0.1:{server.port}"
@@ -326,7 +324,7 @@ async def test_credentials_in_the_url_are_used(tmp_path: Path) -> None:
 
 
 async def test_a_replay_read_in_a_worker_process_is_the_same_replay(store: EventStore) -> None:
-    rests = [f"card.c{i % 3}.funded" if i % 4 else f"command.k{i}" for i in range(2200)]
+    rests = [f"card.c{i % 3}" if i % 4 else f"command.k{i}" for i in range(2200)]
     await fill(store, rests)
     cards = [store.names.subjects.all_cards]
 
@@ -367,8 +365,8 @@ def test_the_reader_works_on_the_services_event_loop(nats_url: str, streams: Str
         try:
             store = EventStore(nc, streams)
             await store.ensure_streams()
-            seqs = await fill(store, ["card.c1.funded", "card.c2.funded", "card.c1.frozen"])
-            got.extend([m.sequence async for m in store.replay(1, [subject(store, "card.c1.>")])])
+            seqs = await fill(store, ["card.c1", "card.c2", "card.c1"])
+            got.extend([m.sequence async for m in store.replay(1, [subject(store, "card.c1")])])
             assert got == [seqs[0], seqs[2]]
         finally:
             await nc.close()

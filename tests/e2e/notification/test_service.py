@@ -298,7 +298,7 @@ async def test_a_poison_event_stops_the_projector_loudly(
                 await stub.ListNotifications(
                     pb.ListNotificationsRequest(min_stream_sequence=seqs[-1])
                 )
-                await js.publish(streams.subjects.card_event("c1", card.fund(1)), b'{"type":"x"}')
+                await js.publish(streams.subjects.card("c1"), b'{"type":"x"}')
                 await append(js, streams, card.purchase(10))
 
                 async def stopped() -> bool:

@@ -112,7 +112,7 @@ async def test_poison_event_stops_the_projector_loudly(
     h.issue("p1")
     h.fund("p1", 100)
     good = await append(js, streams, h.events)
-    await append_raw(js, streams, f"{streams.subjects.prefix}card.p1.issued", b'{"type":"nope"}')
+    await append_raw(js, streams, streams.subjects.card("p1"), b'{"type":"nope"}')
     h.events.clear()
     h.fund("p1", 50)
     await append(js, streams, h.events)

@@ -109,7 +109,7 @@ async def test_a_poison_message_stops_the_projection_after_its_good_prefix(
         card = Events("c2")
         good = await append(js, streams, card.issue(), card.fund(500))
         await js.publish(
-            f"{streams.subjects.prefix}card.c2.transaction.created",
+            streams.subjects.card("c2"),
             b"{not json",
             stream=streams.source,
         )

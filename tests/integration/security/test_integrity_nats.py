@@ -8,7 +8,6 @@ import os
 import pytest
 from nats.aio.client import Client as NATS
 
-from contracts.events import CardFunded
 from contracts.subjects import StreamNames
 from eventstore import EventStore, Expectation, OutgoingMessage, WrongLastSequence
 from eventstore import headers as h
@@ -21,8 +20,8 @@ async def test_sealed_appends_check_and_raw_publishes_do_not(
     store: EventStore, nats_conn: NATS, streams: StreamNames
 ) -> None:
     subjects = streams.subjects
-    funded = subjects.card_event("alice", CardFunded)
-    family = subjects.card_family("alice")
+    funded = subjects.card("alice")
+    family = subjects.card("alice")
     # The intake's way: sealed, with compare-and-set, alone and in an atomic batch.
     await store.append(
         seal(RING, OutgoingMessage(funded, b'{"amount":100}', expect=Expectation(family, 0)))
@@ -63,12 +62,10 @@ async def test_a_verbatim_replay_of_a_sealed_event_is_refused_by_the_server(
     store: EventStore, streams: StreamNames
 ) -> None:
     subjects = streams.subjects
-    family = subjects.card_family("bob")
+    family = subjects.card("bob")
     event = seal(
         RING,
-        OutgoingMessage(
-            subjects.card_event("bob", CardFunded), b'{"amount":7}', expect=Expectation(family, 0)
-        ),
+        OutgoingMessage(subjects.card("bob"), b'{"amount":7}', expect=Expectation(family, 0)),
     )
     await store.append(event)
     with pytest.raises(WrongLastSequence):

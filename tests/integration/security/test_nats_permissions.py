@@ -16,7 +16,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from contracts.events import (
-    CardFunded,
     NotificationPreferencesSet,
     WebhookEndpointRemoved,
     WebhookEndpointSet,
@@ -96,7 +95,7 @@ async def last_seq(secured: Secured, stream: str) -> int:
 
 
 def card_subject(card: str) -> str:
-    return STREAMS.subjects.card_event(card, CardFunded)
+    return STREAMS.subjects.card(card)
 
 
 async def test_no_certificate_no_connection(provisioned: Secured) -> None:
@@ -213,16 +212,16 @@ async def test_projections_and_readers_can_read(provisioned: Secured) -> None:
         nc = await provisioned.connect(user)
         try:
             store = EventStore(nc, STREAMS)
-            loaded = await store.load(STREAMS.subjects.card_family(card))
+            loaded = await store.load(STREAMS.subjects.card(card))
             assert len(loaded.messages) == 1
             replayed = [
-                m async for m in store.replay(subject_filters=[STREAMS.subjects.card_family(card)])
+                m async for m in store.replay(subject_filters=[STREAMS.subjects.card(card)])
             ]
             assert len(replayed) == 1
             sub = await store.subscribe(
                 f"{user}-{unique_token()}",
                 0,
-                [STREAMS.subjects.card_family(card)],
+                [STREAMS.subjects.card(card)],
                 server_filter=True,
             )
             got = await sub.next_batch(10, 2.0)

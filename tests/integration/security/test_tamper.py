@@ -57,9 +57,7 @@ async def test_a_forged_event_halts_the_projection_and_fails_verify(
         history.fund("k1", 5_000)
         async with GroupCommitWriter(store) as writer:
             for event in history.events:
-                await writer.submit(
-                    [OutgoingMessage(subjects.card_event(event.card_id, event), encode(event))]
-                )
+                await writer.submit([OutgoingMessage(subjects.card(event.card_id), encode(event))])
         last_good = await store.last_sequence()
         async with running_projector(db, store) as runner:
             await wait_for_position(db, streams.source, last_good, within=60)
@@ -68,7 +66,7 @@ async def test_a_forged_event_halts_the_projection_and_fails_verify(
             history.fund("k1", 1_000_000)
             forged = history.events[0]
             ack = await nc.jetstream().publish(
-                subjects.card_event("k1", forged), encode(forged), stream=streams.source
+                subjects.card("k1"), encode(forged), stream=streams.source
             )
             halted = await _wait_halted(runner)
             assert isinstance(halted, Poison)
@@ -115,7 +113,7 @@ async def test_every_event_records_the_acting_identity_under_its_mac(
         await store.ensure_streams()
         history = History()
         issued = history.issue("alice")
-        msg = OutgoingMessage(subjects.card_event("alice", issued), encode(issued))
+        msg = OutgoingMessage(subjects.card("alice"), encode(issued))
         binding = bind(Identity("card-desk", frozenset({Role.CARD_ADMIN})))
         try:
             async with GroupCommitWriter(store) as writer:
@@ -124,7 +122,7 @@ async def test_every_event_records_the_acting_identity_under_its_mac(
             unbind(binding)
         await store.append(OutgoingMessage(subjects.command_marker("c-1"), b"{}"))
 
-        stored = (await store.load(subjects.card_family("alice"))).messages[0]
+        stored = (await store.load(subjects.card("alice"))).messages[0]
         assert stored.headers[h.ACTOR] == "card-desk"
         assert check_stored(RING, stored) is Verdict.VALID
         marker = await store.last_by_subject(subjects.command_marker("c-1"))
@@ -133,13 +131,13 @@ async def test_every_event_records_the_acting_identity_under_its_mac(
         # The actor is covered by the MAC: a copy claiming someone else does not check.
         relabelled = {**stored.headers, h.ACTOR: "operator"}
         ack = await nc.jetstream().publish(
-            subjects.card_event("alice", issued),
+            subjects.card("alice"),
             stored.data,
             headers=relabelled,
             stream=streams.source,
         )
         raw = EventStore(nc, streams)  # no keyring: reads whatever is stored
-        copy = (await raw.load(subjects.card_family("alice"), ack.seq - 1)).messages[0]
+        copy = (await raw.load(subjects.card("alice"), ack.seq - 1)).messages[0]
         assert check_stored(RING, copy) is Verdict.MISMATCH
         with pytest.raises(TamperedEvent, match="MAC mismatch"):  # the write path fails closed
-            await store.load(subjects.card_family("alice"))
+            await store.load(subjects.card("alice"))

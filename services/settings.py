@@ -52,6 +52,10 @@ class Settings:
     # Where the transaction service finds the card service (GetCard).
     card_service_addr: str = ""
     card_lookup_timeout_seconds: float = 2.0
+    # A kept GetCard answer is fresh this long (jittered), then refreshed in the background for
+    # up to max_stale (docs/intake.md, "Card lookups").
+    card_lookup_ttl_seconds: float = 30.0
+    card_lookup_max_stale_seconds: float = 300.0
     # Holds expire after this long unless the command names its own expiry.
     hold_ttl_seconds: int = 7 * 24 * 3600
     # Conflict retries (reload and decide again) before a command is ABORTED.

@@ -47,6 +47,8 @@ async def start(
     cards = CardLookup(
         settings.card_target,
         timeout=settings.card_lookup_timeout_seconds,
+        ttl=settings.card_lookup_ttl_seconds,
+        max_stale=settings.card_lookup_max_stale_seconds,
         registry=registry,
         channel=aio_channel(settings, settings.card_target),
     )

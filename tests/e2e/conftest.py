@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,9 +62,9 @@ class Intake:
     transactions: transaction_pb2_grpc.TransactionServiceAsyncStub
 
 
-@pytest.fixture
-async def intake(settings: Settings) -> AsyncIterator[Intake]:
-    """Card and transaction services on free loopback ports, stopped after the test."""
+@contextlib.asynccontextmanager
+async def running_intake(settings: Settings) -> AsyncIterator[Intake]:
+    """Card and transaction services on free loopback ports, stopped on exit."""
     card_runtime = await card_main.start(settings, port=0, metrics=False)
     with_card = dataclasses.replace(settings, card_service_addr=f"127.0.0.1:{card_runtime.port}")
     transaction_runtime = await transaction_main.start(
@@ -85,3 +86,10 @@ async def intake(settings: Settings) -> AsyncIterator[Intake]:
         await card_channel.close()
         await transaction_runtime.stop(grace=1)
         await card_runtime.stop(grace=1)
+
+
+@pytest.fixture
+async def intake(settings: Settings) -> AsyncIterator[Intake]:
+    """Card and transaction services on free loopback ports, stopped after the test."""
+    async with running_intake(settings) as running:
+        yield running

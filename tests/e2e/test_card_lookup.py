@@ -6,6 +6,7 @@ Calls are counted where they land: the card service's own ``jetledger_card_looku
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import grpc
@@ -13,9 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contracts.errors import NotFound
+from jetledger.transaction.v1 import transaction_pb2 as tx
+from services.settings import Settings
 from services.transaction.cardlookup import CardLookup
-from tests.e2e.conftest import Intake
-from tests.e2e.support import issue_request, new_id
+from tests.e2e.conftest import Intake, running_intake
+from tests.e2e.support import issue_request, new_id, usd
 
 
 def _served(intake: Intake) -> float:
@@ -122,3 +125,42 @@ async def test_a_card_service_outage_is_ridden_out_on_kept_answers(intake: Intak
         assert failed is not None and 3 <= failed <= 3 * 3, failed
     finally:
         await lookup.close()
+
+
+async def test_a_card_the_intake_holds_is_not_looked_up_again(settings: Settings) -> None:
+    """The lookup verifies a card before the intake first decides for it; after that the intake's
+    own state of the card says it exists, however old the kept answer (a 100,000-card soak made
+    one GetCard per command before)."""
+    fleeting = dataclasses.replace(
+        settings, card_lookup_ttl_seconds=0.05, card_lookup_max_stale_seconds=0.05
+    )
+    async with running_intake(fleeting) as intake:
+        (card_id,) = await _issue(intake, 1)
+        before = _served(intake)
+
+        def purchase() -> tx.CreateTransactionRequest:
+            return tx.CreateTransactionRequest(
+                transaction_id=new_id("t"), card_id=card_id, merchant_id="m", amount=usd(10)
+            )
+
+        await intake.transactions.CreateTransaction(purchase())
+        assert _served(intake) - before == 1  # the first decision for the card verifies it
+        for _ in range(3):
+            await asyncio.sleep(0.1)  # every kept answer is past max_stale now
+            await intake.transactions.CreateTransaction(purchase())
+            submitted = await intake.transactions.SubmitTransactions(
+                tx.SubmitTransactionsRequest(
+                    commands=[tx.TransactionCommand(create=purchase()) for _ in range(2)]
+                )
+            )
+            assert [r.outcome.outcome for r in submitted.results] == [tx.OUTCOME_ACCEPTED] * 2
+        assert _served(intake) - before == 1
+
+        unknown = new_id("card")  # never issued: still NOT_FOUND, through the card service
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await intake.transactions.CreateTransaction(
+                tx.CreateTransactionRequest(
+                    transaction_id=new_id("t"), card_id=unknown, merchant_id="m", amount=usd(10)
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND

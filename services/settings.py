@@ -54,8 +54,8 @@ class Settings:
     card_lookup_timeout_seconds: float = 2.0
     # A kept GetCard answer is fresh this long (jittered), then refreshed in the background for
     # up to max_stale (docs/intake.md, "Card lookups").
-    card_lookup_ttl_seconds: float = 30.0
-    card_lookup_max_stale_seconds: float = 300.0
+    card_lookup_ttl_seconds: float = 600.0
+    card_lookup_max_stale_seconds: float = 3600.0
     # Holds expire after this long unless the command names its own expiry.
     hold_ttl_seconds: int = 7 * 24 * 3600
     # Conflict retries (reload and decide again) before a command is ABORTED.

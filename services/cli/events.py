@@ -2,7 +2,8 @@
 
 The stream is the source of truth, so this reads it directly (an ordered consumer through
 ``EventStore.replay``), not a projection. Subject filters are relative to the configured prefix,
-e.g. ``--subject card.alice`` (every event of one card) or ``'card.*'``. Webhook secrets, which preference events carry, are masked.
+e.g. ``--subject card.alice`` (every event of one card) or ``'card.*'``. Webhook secrets, which
+preference events carry, are masked.
 
 This module also registers ``balance`` and ``entries`` (``services/cli/accounts.py``) when no
 earlier area did: it is the last area ``services/cli/main.py`` loads.

@@ -20,6 +20,10 @@ remembers"):
 An older posting or ended hold is forgotten: a refund of it is ``transaction_not_found``, a
 capture or void of it ``authorization_not_found``. Per event, ``evolve`` copies at most one
 bounded mapping (~1–2 µs at 128 entries).
+
+None of these structs is tracked by Python's cycle collector (``gc=False``): they hold only strings,
+numbers, datetimes and dicts of each other, never a cycle, and a process holding 100,000 cards
+would otherwise make every full collection walk millions of objects.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ CardStatus = Literal["active", "frozen", "closed"]
 HoldEnd = Literal["captured", "voided", "expired"]
 
 
-class Hold(msgspec.Struct, frozen=True, kw_only=True):
+class Hold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An open authorization: money set aside for a merchant until captured, voided or expired."""
 
     merchant_id: str
@@ -57,7 +61,7 @@ class Hold(msgspec.Struct, frozen=True, kw_only=True):
         return now >= self.expires_at
 
 
-class ClosedHold(msgspec.Struct, frozen=True, kw_only=True):
+class ClosedHold(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An authorization that no longer holds anything, and why (to answer captures exactly)."""
 
     merchant_id: str
@@ -66,7 +70,7 @@ class ClosedHold(msgspec.Struct, frozen=True, kw_only=True):
     ended: HoldEnd
 
 
-class Posting(msgspec.Struct, frozen=True, kw_only=True):
+class Posting(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A posted purchase or capture, refundable up to its amount."""
 
     merchant_id: str
@@ -79,7 +83,7 @@ class Posting(msgspec.Struct, frozen=True, kw_only=True):
         return self.amount - self.refunded
 
 
-class CardState(msgspec.Struct, frozen=True, kw_only=True):
+class CardState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Everything ``decide`` needs to know about one card, folded from its events."""
 
     exists: bool = False

@@ -57,7 +57,14 @@ from eventstore import (
     WrongLastSequence,
 )
 from eventstore.tracing import trace_headers
-from services.intake.cards import RECENT_COMMANDS, CardStates, Recorded, recorded
+from services.intake.cards import (
+    DEFAULT_BUDGET_BYTES,
+    DEFAULT_PACKED_BUDGET_BYTES,
+    RECENT_COMMANDS,
+    CardStates,
+    Recorded,
+    recorded,
+)
 from services.intake.index import CommandIndex
 from services.intake.snapshots import SNAPSHOT_EVERY
 from services.observability.logs import about_command
@@ -68,6 +75,8 @@ log = logging.getLogger("jetledger.intake")
 DEFAULT_CONFLICT_BUDGET: Final = 30.0
 # How long GetCommandOutcome waits for the command index to reach the stream's last card event.
 INDEX_CATCH_UP_SECONDS: Final = 5.0
+# Card states in memory: half live, half packed (services.intake.cards).
+STATE_BUDGET_BYTES: Final = DEFAULT_BUDGET_BYTES + DEFAULT_PACKED_BUDGET_BYTES
 
 # Latency buckets reach well below a millisecond: a group-committed append is ~1-3 ms here.
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -168,6 +177,7 @@ class CommandHandler:
         recent: int = RECENT_COMMANDS,
         snapshots: bool = True,
         snapshot_every: int = SNAPSHOT_EVERY,
+        state_budget_bytes: int = STATE_BUDGET_BYTES,
     ) -> None:
         self._store = store
         self._writer = writer
@@ -183,6 +193,8 @@ class CommandHandler:
             store,
             streams.subjects,
             recent=recent,
+            budget_bytes=state_budget_bytes // 2,  # live states; the other half packed ones
+            packed_budget_bytes=state_budget_bytes - state_budget_bytes // 2,
             snapshot_stream=streams.snapshots if snapshots else "",
             snapshot_every=snapshot_every,
         )

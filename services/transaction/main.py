@@ -43,6 +43,7 @@ async def start(
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
         metrics=IntakeMetrics(registry),
         index=None if index is None else index.reader,
+        state_budget_bytes=settings.card_state_budget_mb * 1024 * 1024,
     )
     cards = CardLookup(
         settings.card_target,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from commands.state import CardState
 from contracts.subjects import Subjects
-from services.intake.cards import CardStates, state_bytes
+from services.intake.cards import CardStates, Recorded, state_bytes
 from tests.unit.test_commands_decide import buy, fund, hold, issue, ok
 
 NO_STORE: Any = None  # these tests never read the stream
@@ -45,7 +46,7 @@ def test_the_estimate_is_not_below_what_a_state_really_holds() -> None:
 def test_the_byte_budget_evicts_the_least_recently_used() -> None:
     big = _card(purchases=300)
     budget = 5 * state_bytes(big)
-    cards = CardStates(NO_STORE, Subjects(), budget_bytes=budget)
+    cards = CardStates(NO_STORE, Subjects(), budget_bytes=budget, packed_budget_bytes=0)
     for index in range(20):
         cards.applied(f"c{index}", big, [], [])
         assert cards.estimated_bytes <= budget
@@ -71,3 +72,49 @@ def test_a_late_older_state_never_replaces_a_newer_one() -> None:
     cards.applied("c", newer, [], [])
     cards.applied("c", older, [], [])
     assert cards.cached("c").version == 20
+
+
+def test_a_card_pushed_out_comes_back_packed_without_reading_the_stream() -> None:
+    # NO_STORE: a reload from the stream would fail; a packed card must not need one.
+    big = _card(purchases=300)
+    cards = CardStates(NO_STORE, Subjects(), budget_bytes=3 * state_bytes(big))
+    states = {
+        f"c{i}": msgspec.structs.replace(big, card_id=f"c{i}", version=i + 1) for i in range(10)
+    }
+    for card_id, state in states.items():
+        cards.applied(card_id, state, [], [])
+    assert len(cards) == 3
+    assert cards.packed[0] == 7
+    for card_id, state in states.items():
+        assert cards.cached(card_id) == state
+    assert cards.stats.unpacked == 10  # c0..c6 at first, then c7..c9 pushed out by them
+    assert len(cards) + cards.packed[0] == 10
+
+
+def test_the_packed_tier_keeps_to_its_budget() -> None:
+    state = _card(purchases=50)
+    cards = CardStates(
+        NO_STORE, Subjects(), budget_bytes=state_bytes(state), packed_budget_bytes=4_000
+    )
+    for index in range(50):
+        cards.applied(f"c{index}", msgspec.structs.replace(state, card_id=f"c{index}"), [], [])
+        assert cards.packed[1] <= 4_000
+    count, _ = cards.packed
+    assert 0 < count < 49
+    assert not cards.cached("c0").exists  # pushed out of both tiers: it would be read again
+    cards.forget("c48")
+    assert cards.packed[0] == count - 1
+
+
+def test_a_packed_log_still_answers_for_its_commands() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    small = _card()
+    cards = CardStates(NO_STORE, Subjects(), budget_bytes=state_bytes(small) + 100)
+    cards.applied("a", small, [], [])
+    cards.log("a").add(
+        Recorded("cmd-a", "create_transaction", "f" * 64, "a", "accepted", "", "", 7, at)
+    )
+    cards.applied("b", small, [], [])  # pushes "a" out, packed with its log
+    assert cards.packed[0] == 1
+    record = cards.log("a").get("cmd-a")
+    assert record is not None and (record.sequence, record.at) == (7, at)

@@ -8,8 +8,8 @@ Memory is bounded twice: at most ``capacity`` cards, and at most ``budget_bytes`
 state (``state_bytes``: a fixed part plus one share per open hold, refundable posting and ended
 hold, all of which are bounded per card by ``commands.state``; plus the card's command log).
 Least recently used cards leave first, into a second tier: the card's state and log *packed*
-(the snapshot encoding, compressed: ~0.7 KB for a card with ten commands, against ~6.5 KB live),
-within ``packed_budget_bytes``. A packed card comes back in ~0.1 ms without reading the stream; a
+(the snapshot encoding, compressed: ~0.8 KB for a card with ten commands, against ~6.5 KB live),
+within ``packed_budget_bytes``. A packed card comes back in ~30 µs without reading the stream; a
 card pushed out of both tiers is loaded again (snapshot + tail) when it is next used. Reloads from
 the stream are what a wide working set cannot afford: a card's few events lie spread over the whole
 stream, so each reload makes nats-server read several message blocks.

@@ -56,8 +56,8 @@ class Settings:
     # up to max_stale (docs/intake.md, "Card lookups").
     card_lookup_ttl_seconds: float = 600.0
     card_lookup_max_stale_seconds: float = 3600.0
-    # The intake's memory for card states, half live and half packed (docs/intake.md, "What a
-    # card remembers"): about 20,000 live cards of ten commands and 150,000 packed ones.
+    # The intake's memory for card states, half live and half packed (docs/intake.md, "Memory and
+    # shutdown"): about 20,000 live cards of ten commands and 150,000 packed ones.
     card_state_budget_mb: int = 256
     # Holds expire after this long unless the command names its own expiry.
     hold_ttl_seconds: int = 7 * 24 * 3600

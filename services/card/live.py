@@ -145,13 +145,13 @@ class LiveCards:
             return
         try:
             state = evolve(state, decode_event(message.data), message.sequence)
-            if state.postings or state.closed_holds:  # what decisions need, GetCard does not
-                state = msgspec.structs.replace(state, postings={}, closed_holds={})
         except Exception:
             # Not ours to judge (verify reports it): stop following this card, answer it exactly.
             log.warning("cannot fold a card event", extra={"sequence": message.sequence})
             self._forget(card_id)
             return
+        if state.postings or state.closed_holds:  # what decisions need, GetCard does not
+            state = msgspec.structs.replace(state, postings={}, closed_holds={})
         size = state_bytes(state)
         self._bytes += size - self._sizes.get(card_id, 0)
         self._sizes[card_id] = size

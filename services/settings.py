@@ -67,6 +67,8 @@ class Settings:
     # transaction), and webhook delivery (backoff is configurable so tests run fast).
     notification_schema: str = "notify"
     notification_batch: int = 256
+    # A batch grows up to this while the one before it commits (the busier, the bigger).
+    notification_max_batch: int = 2_500
     notification_ack_wait_seconds: float = 30.0  # an unacked batch is redelivered after this
     webhook_max_attempts: int = 8  # then the delivery is dead-lettered
     webhook_backoff_base_seconds: float = 1.0  # doubles per attempt, with jitter

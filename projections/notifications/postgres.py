@@ -70,24 +70,27 @@ SELECT
 
 # Data-modifying CTEs all run on one snapshot; the deliveries see which notifications were new
 # only through RETURNING, which is exactly the rule: no webhook for a duplicate.
+# The arrays go as binary parameters (%b): in text format psycopg escapes every quote of every
+# JSON body with a regex substitution, which was 60 % of the projection's CPU (1,660 → 3,880
+# events/s catching up, profiled).
 _WRITE_COMMON: Final = """
 WITH c AS (
   INSERT INTO {s}.cards (card_id, state)
-  SELECT i, st::jsonb FROM unnest(%s::text[], %s::text[]) AS u(i, st)
+  SELECT i, st::jsonb FROM unnest(%b::text[], %b::text[]) AS u(i, st)
   ON CONFLICT (card_id) DO UPDATE SET state = EXCLUDED.state
 ), n AS (
   INSERT INTO {s}.notifications
     (notification_id, card_id, kind, occurred_at, stream, sequence, sub, body)
-  SELECT i, c, k, t, st, sq, sb, b::jsonb FROM unnest(%s::text[], %s::text[], %s::text[],
-    %s::timestamptz[], %s::text[], %s::bigint[], %s::smallint[], %s::text[])
+  SELECT i, c, k, t, st, sq, sb, b::jsonb FROM unnest(%b::text[], %b::text[], %b::text[],
+    %b::timestamptz[], %b::text[], %b::bigint[], %b::smallint[], %b::text[])
     AS u(i, c, k, t, st, sq, sb, b)
   ON CONFLICT DO NOTHING RETURNING notification_id
 )"""
 _WRITE_REBUILD_TAIL: Final = " SELECT notification_id, 0 FROM n"
 _WRITE_LIVE_TAIL: Final = """, d AS (
   INSERT INTO {o}.deliveries (notification_id, card_id, scope, endpoint_id, body, traceparent)
-  SELECT u.* FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[],
-    %s::text[]) AS u(i, c, sc, e, b, tp)
+  SELECT u.* FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[],
+    %b::text[]) AS u(i, c, sc, e, b, tp)
   WHERE u.i IN (SELECT notification_id FROM n)
   ON CONFLICT DO NOTHING RETURNING 1
 )
@@ -195,7 +198,9 @@ class NotificationProjector:
                 event = decode_event(msg.data)
             except UndecodableEvent as exc:
                 raise Poison(msg, str(exc)) from exc
-            card = cards.setdefault(event.card_id, new_card_state(event.card_id))
+            card = cards.get(event.card_id)
+            if card is None:
+                card = cards[event.card_id] = new_card_state(event.card_id)
             prefs = effective(scopes[event.card_id].prefs, scopes[OPERATOR].prefs)
             return on_source_event(card, event, msg.stream, msg.sequence, prefs)
         if kind == "ledger":
@@ -307,8 +312,8 @@ class NotificationProjector:
             sql.SQL(
                 "INSERT INTO {}.deliveries"
                 " (notification_id, card_id, scope, endpoint_id, body, traceparent)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-                " %s::bytea[], %s::text[]) ON CONFLICT DO NOTHING"
+                " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+                " %b::bytea[], %b::text[]) ON CONFLICT DO NOTHING"
             ).format(sql.Identifier(ops)),
             [[row[i] for row in rows] for i in range(6)],
         )
@@ -327,6 +332,8 @@ class NotificationProjector:
         rows: list[_Delivery] = []
         for note in notes:
             scope = scopes.get(note.card_id, _Scope())
+            if not scope.endpoints and not operator.endpoints:
+                continue  # nobody to POST to: the common case, kept cheap
             body = encode(note)  # the exact bytes every attempt will POST
             tp = traces.get(note.sequence, "") if traces else ""
             if note.kind in effective(scope.prefs, operator.prefs).kinds:

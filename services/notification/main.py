@@ -125,6 +125,7 @@ async def serve(
         ProjectionMetrics(metrics.registry),
         RunnerConfig(
             batch=settings.notification_batch,
+            max_batch=settings.notification_max_batch,
             ack_wait_seconds=settings.notification_ack_wait_seconds,
             holder=f"{socket.gethostname()}:{os.getpid()}",
             fault=settings.notification_fault,

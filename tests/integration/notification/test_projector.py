@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -175,3 +176,52 @@ async def test_a_webhook_gets_what_followed_its_endpoint_however_messages_are_ba
                 " USING (notification_id) ORDER BY n.sequence"
             )
             assert [kind for (kind,) in await cur.fetchall()] == ["purchase"]
+
+
+async def test_text_that_needs_escaping_is_stored_and_queued_byte_for_byte(
+    nats_url: str, database_url: str, streams: StreamNames
+) -> None:
+    # The write statement sends its arrays as binary parameters: quotes, backslashes, braces,
+    # commas and non-ASCII inside JSON bodies must reach the rows exactly as encoded.
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        store = EventStore(nc, streams)
+        card = Events("c1")
+        merchant = 'm "q" \\b {x,y} NULL é ✓'
+        endpoint = WebhookEndpointSet(
+            card_id="c1",
+            command_id="hook-1",
+            at=datetime.now(UTC),
+            endpoint_id="e1",
+            url="https://hooks.example.com/in",
+            secret="s" * 32,
+        )
+        seqs = await append(js, streams, card.issue(), card.fund(10_000))
+        ack = await js.publish(
+            streams.subjects.notify_event("c1", endpoint), encode(endpoint), stream=streams.source
+        )
+        seqs += [ack.seq, *await append(js, streams, card.purchase(2_000, merchant))]
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await create_schemas(conn, SCHEMA)
+        runner = notification_runner(store, db)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await _until(db, {streams.source: seqs[-1]})
+        finally:
+            stop.set()
+            await task
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT n.body::text, d.body FROM notify.notifications n"
+                " JOIN notify_ops.deliveries d USING (notification_id) WHERE n.kind = 'purchase'"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            stored = msgspec.json.decode(row[0])
+            assert stored["merchant_id"] == merchant
+            assert merchant in stored["message"]
+            assert msgspec.json.decode(bytes(row[1])) == stored  # the POSTed bytes say the same
+            cur = await conn.execute("SELECT state->>'last4' FROM notify.cards")
+            assert await cur.fetchall() == [("4242",)]

@@ -59,6 +59,11 @@ def contains_card_number(text: str) -> bool:
     return False
 
 
+def needs_masking(text: str) -> bool:
+    """Tell whether ``mask_card_numbers`` would change ``text`` (one scan, no allocation)."""
+    return _DIGIT_RUN.search(text) is not None
+
+
 def mask_card_numbers(text: str) -> str:
     """Replace every run of 13+ digits (grouped or not) by ``****`` and its last four digits.
 

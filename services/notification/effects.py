@@ -8,6 +8,7 @@ Nothing here may run before the commit: a notification that was logged must exis
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 from projections.notifications.postgres import BatchResult
 from services.notification.metrics import NotificationMetrics
@@ -25,8 +26,9 @@ class CommittedEffects:
 
     def __call__(self, stream: str, result: BatchResult) -> None:
         self._waker.poke()
+        for kind, count in Counter(note.kind for note in result.created).items():
+            self._metrics.created.labels(kind).inc(count)
         for note in result.created:
-            self._metrics.created.labels(note.kind).inc()
             # The text was redacted by the core: it never holds more than a card's last four digits.
             notification_log.info(
                 note.message,

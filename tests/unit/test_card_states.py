@@ -8,9 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import pytest
 
-from commands.state import CardState
+from bench.histories import Events
+from commands.state import EMPTY, CardState
+from contracts.events import SourceEvent
 from contracts.subjects import Subjects
+from eventstore import Position
+from services.intake import cards as cards_module
 from services.intake.cards import CardStates, Recorded, state_bytes
 from tests.unit.test_commands_decide import buy, fund, hold, issue, ok
 
@@ -118,3 +123,21 @@ def test_a_packed_log_still_answers_for_its_commands() -> None:
     assert cards.packed[0] == 1
     record = cards.log("a").get("cmd-a")
     assert record is not None and (record.sequence, record.at) == (7, at)
+
+
+def test_the_ids_of_other_cards_are_remembered_up_to_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cards_module, "KNOWN_IDS", 5)
+    history = Events("a")
+    events: list[SourceEvent] = [history.issue(), history.fund(10_000)]
+    events += [history.purchase(10 + n) for n in range(6)]
+    cards = CardStates(NO_STORE, Subjects())
+    state = EMPTY
+    for sequence, event in enumerate(events, 1):
+        state = cards.applied("a", state, [event], [Position("S", sequence)])
+    ids = [event.command_id for event in events]
+    assert [cards.card_of(command_id) for command_id in ids] == [None] * 3 + ["a"] * 5
+    again = events[-1]  # noted twice: still one slot, and still the newest
+    cards.applied("a", state, [again], [Position("S", len(events) + 1)])
+    assert [cards.card_of(command_id) for command_id in ids[3:]] == ["a"] * 5

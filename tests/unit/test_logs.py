@@ -75,3 +75,16 @@ def test_lines_inside_a_span_carry_its_trace(monkeypatch: pytest.MonkeyPatch) ->
     assert inside["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert inside["span_id"] == format(span.get_span_context().span_id, "016x")
     assert "trace_id" not in outside
+
+
+def test_digits_inside_bytes_or_nested_values_are_masked_too() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "plain", (), None)
+    record.__dict__.update(
+        raw=b"4111111111111111",  # msgspec alone would write base64: no digits to scan
+        nested={"ids": ["tx-4111 1111 1111 1111"]},
+    )
+    line = JsonFormatter().format(record)
+    assert "4111111111111111" not in line and "4111 1111" not in line
+    parsed = json.loads(line)
+    assert parsed["raw"] == "b'****1111'"
+    assert parsed["nested"] == {"ids": ["tx-****1111"]}

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from bench.histories import Events
+from commands.evolve import evolve
 from commands.state import EMPTY, CardState
 from contracts.events import SourceEvent
 from contracts.subjects import Subjects
@@ -141,3 +142,16 @@ def test_the_ids_of_other_cards_are_remembered_up_to_the_bound(
     again = events[-1]  # noted twice: still one slot, and still the newest
     cards.applied("a", state, [again], [Position("S", len(events) + 1)])
     assert [cards.card_of(command_id) for command_id in ids[3:]] == ["a"] * 5
+
+
+def test_entries_share_one_string_per_merchant() -> None:
+    history = Events("a")
+    events: list[SourceEvent] = [history.issue(), history.fund(10_000)]
+    events += [history.purchase(10, "m-" + str(7)) for _ in range(3)]  # a fresh string each
+    events = [msgspec.json.decode(msgspec.json.encode(e), type=type(e)) for e in events]
+    state = EMPTY
+    for sequence, event in enumerate(events, 1):
+        state = evolve(state, event, sequence)
+    merchants = [posting.merchant_id for posting in state.postings.values()]
+    assert merchants == ["m-7"] * 3
+    assert all(merchant is merchants[0] for merchant in merchants)

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import psycopg
 import pytest
+from nats.js import JetStreamContext
 
 from contracts.codec import encode
 from contracts.events import WebhookEndpointSet
@@ -50,6 +51,41 @@ async def _until(db: str, wanted: dict[str, int], within: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _project(store: EventStore, db: str, wanted: dict[str, int]) -> None:
+    """Run the live projection until it has applied ``wanted`` (stream -> sequence)."""
+    runner = notification_runner(store, db)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await _until(db, wanted)
+    finally:
+        stop.set()
+        await task
+
+
+async def _purchase_after_an_endpoint(
+    js: JetStreamContext, streams: StreamNames, db: str, merchant: str = "m-1"
+) -> list[int]:
+    """Issue and fund c1, set its webhook endpoint, then a purchase; create the schemas."""
+    card = Events("c1")
+    endpoint = WebhookEndpointSet(
+        card_id="c1",
+        command_id="hook-1",
+        at=datetime.now(UTC),
+        endpoint_id="e1",
+        url="https://hooks.example.com/in",
+        secret="s" * 32,
+    )
+    seqs = await append(js, streams, card.issue(), card.fund(10_000))
+    ack = await js.publish(
+        streams.subjects.notify_event("c1", endpoint), encode(endpoint), stream=streams.source
+    )
+    seqs += [ack.seq, *await append(js, streams, card.purchase(2_000, merchant))]
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        await create_schemas(conn, SCHEMA)
+    return seqs
+
+
 async def test_duplicate_entries_create_each_notification_once_and_replay_equals_live(
     nats_url: str, database_url: str, streams: StreamNames
 ) -> None:
@@ -78,14 +114,7 @@ async def test_duplicate_entries_create_each_notification_once_and_replay_equals
             )
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             await create_schemas(conn, SCHEMA)
-        runner = notification_runner(store, db)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await _until(db, {streams.source: seqs[-1], streams.derived: 2})
-        finally:
-            stop.set()
-            await task
+        await _project(store, db, {streams.source: seqs[-1], streams.derived: 2})
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             rows = await _rows(conn)
             assert [kind for _, kind in rows] == [
@@ -146,30 +175,8 @@ async def test_a_webhook_gets_what_followed_its_endpoint_however_messages_are_ba
         js = nc.jetstream()
         await create_streams(js, streams)
         store = EventStore(nc, streams)
-        card = Events("c1")
-        endpoint = WebhookEndpointSet(
-            card_id="c1",
-            command_id="hook-1",
-            at=datetime.now(UTC),
-            endpoint_id="e1",
-            url="https://hooks.example.com/in",
-            secret="s" * 32,
-        )
-        seqs = await append(js, streams, card.issue(), card.fund(10_000))
-        ack = await js.publish(
-            streams.subjects.notify_event("c1", endpoint), encode(endpoint), stream=streams.source
-        )
-        seqs += [ack.seq, *await append(js, streams, card.purchase(2_000))]
-        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-            await create_schemas(conn, SCHEMA)
-        runner = notification_runner(store, db)  # everything is stored: one batch
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await _until(db, {streams.source: seqs[-1]})
-        finally:
-            stop.set()
-            await task
+        seqs = await _purchase_after_an_endpoint(js, streams, db)
+        await _project(store, db, {streams.source: seqs[-1]})  # all stored: one batch
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             cur = await conn.execute(
                 "SELECT n.kind FROM notify_ops.deliveries d JOIN notify.notifications n"
@@ -187,31 +194,9 @@ async def test_text_that_needs_escaping_is_stored_and_queued_byte_for_byte(
         js = nc.jetstream()
         await create_streams(js, streams)
         store = EventStore(nc, streams)
-        card = Events("c1")
         merchant = 'm "q" \\b {x,y} NULL é ✓'
-        endpoint = WebhookEndpointSet(
-            card_id="c1",
-            command_id="hook-1",
-            at=datetime.now(UTC),
-            endpoint_id="e1",
-            url="https://hooks.example.com/in",
-            secret="s" * 32,
-        )
-        seqs = await append(js, streams, card.issue(), card.fund(10_000))
-        ack = await js.publish(
-            streams.subjects.notify_event("c1", endpoint), encode(endpoint), stream=streams.source
-        )
-        seqs += [ack.seq, *await append(js, streams, card.purchase(2_000, merchant))]
-        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-            await create_schemas(conn, SCHEMA)
-        runner = notification_runner(store, db)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await _until(db, {streams.source: seqs[-1]})
-        finally:
-            stop.set()
-            await task
+        seqs = await _purchase_after_an_endpoint(js, streams, db, merchant)
+        await _project(store, db, {streams.source: seqs[-1]})
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             cur = await conn.execute(
                 "SELECT n.body::text, d.body FROM notify.notifications n"

@@ -7,17 +7,22 @@ For every projection (``projections.model.Projection``) the runner
    after it (``EventStore.subscribe``): Postgres decides where reading resumes, never the
    consumer's ack state. The reader hands out every message once, in order, re-anchoring after a
    gap (``eventstore.reader``), so a position can never pass a message that was not applied;
-3. applies each batch in one transaction: lock the tracking row, check the lease's epoch, drop what
-   is at or below the position (a redelivery), let the projection write its rows, advance the
-   tracking row, COMMIT; then acknowledge the batch and run the projection's after-commit effects;
-4. on a poison message commits the batch's good prefix and stops for good (metric, log, the
+3. applies what every stream has waiting in one transaction: lock the streams' tracking rows, check
+   the lease's epoch, drop what is at or below each position (a redelivery), let the projection
+   write its rows stream by stream, advance the tracking rows, COMMIT; then acknowledge the batches
+   and run the projection's after-commit effects;
+4. on a poison message commits everything before it and stops for good (metric, log, the
    ``on_halt`` callback that turns health NOT_SERVING), keeping the lease so a standby does not
    take over only to stop on the same message;
 5. on an infrastructure error (NATS, Postgres, a lost lease) gives the lease up, waits, starts over.
 
 Streams are read ahead while a batch commits, into one waiting batch per stream that grows up to
 ``max_batch`` messages: the busier the applier, the bigger its batches (fewer balance loads and
-upserts, fewer round trips an event). Batches are applied one at a time on one connection. Lag (events and seconds) is exported per stream.
+upserts, fewer round trips an event). The batches waiting when the applier turns to them — one per
+stream — go into one transaction on one connection: a projection that reads two streams (the
+notifications read the card events and the ledger entries derived from them) does not make one
+stream's batch wait for the other's commit, and commits half as often. Lag (events and seconds)
+is exported per stream.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -153,9 +158,9 @@ class _Inbox:
             self.stopped = True
             self._changed.notify_all()
 
-    async def take(self, linger: float = 0.0, enough: int = 0) -> ReadBatch | None:
-        """The oldest waiting batch (None once stopped); raises a reader's error. With
-        ``linger``, a batch of fewer than ``enough`` messages waits up to that long to grow."""
+    async def take(self, linger: float = 0.0, enough: int = 0) -> list[ReadBatch] | None:
+        """Every waiting batch, one per stream (None once stopped); raises a reader's error.
+        With ``linger``, batches of fewer than ``enough`` messages wait up to that long to grow."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self.batches) or self.error or self.stopped)
             if linger > 0:
@@ -174,10 +179,10 @@ class _Inbox:
                 raise self.error
             if self.stopped:
                 return None
-            stream = next(iter(self.batches))
-            got = self.batches.pop(stream)
+            taken = list(self.batches.values())
+            self.batches.clear()
             self._changed.notify_all()
-            return got
+            return taken
 
 
 class ProjectionRunner:
@@ -291,10 +296,11 @@ class ProjectionRunner:
             tasks.append(asyncio.create_task(self._watch(stop, inbox)))
             tasks.append(asyncio.create_task(self._side_work(side_stop, inbox)))
             linger, enough = self.config.linger_seconds, self.config.batch
-            while (got := await inbox.take(linger, enough)) is not None:
-                lag = self._lags[got.stream]
-                lag.queued, lag.oldest_queued = 0, 0.0
-                await self._apply(conn, subs[got.stream], got)
+            while (taken := await inbox.take(linger, enough)) is not None:
+                for got in taken:
+                    lag = self._lags[got.stream]
+                    lag.queued, lag.oldest_queued = 0, 0.0
+                await self._apply(conn, subs, taken)
         finally:
             side_stop.set()
             await inbox.stop()  # a reader that lost its cancellation still ends at its next turn
@@ -337,84 +343,123 @@ class ProjectionRunner:
         except Exception as exc:
             await inbox.fail(exc)
 
-    async def _apply(self, conn: Conn, sub: Subscription, got: ReadBatch) -> None:
+    async def _apply(
+        self, conn: Conn, subs: dict[str, Subscription], taken: Sequence[ReadBatch]
+    ) -> None:
+        """Apply the batches waiting for every stream in one transaction, then acknowledge each.
+
+        On a poison message the transaction is rolled back, everything before the poison message
+        is committed (``_commit_good_part``) and the ``Poison`` is raised: the runner stops on it."""
         started = time.perf_counter()
         started_ns = time.time_ns()
         if started - self._alive_at > ALIVE_CHECK_SECONDS:
             await self._lease.alive()
             self._alive_at = started
-        stream = got.stream
-        result: object = None
-        committed = False
-        if got.messages:
-            try:
-                committed, result = await self._commit(conn, stream, got.messages)
-            except Poison as poison:
-                prefix = [m for m in got.messages if m.sequence < poison.message.sequence]
-                if prefix:
-                    done, result = await self._commit(conn, stream, prefix)
-                    if done:
-                        self.projection.committed(stream, result)
-                raise
-        lag = self._lags[stream]
-        if got.messages:
-            lag.applied_at = got.messages[-1].time.timestamp()
-        if committed:
+        work = {got.stream: got.messages for got in taken if got.messages}
+        try:
+            results = await self._commit(conn, work) if work else {}
+        except Poison as poison:
+            await self._commit_good_part(conn, work, poison)
+            raise
+        for got in taken:
+            if got.messages:
+                self._lags[got.stream].applied_at = got.messages[-1].time.timestamp()
+        if results:
             self._fault.reached("after_commit")
-        sub.ack(got)
-        if committed:
+        for got in taken:
+            subs[got.stream].ack(got)
+        if results:
             self._fault.reached("after_ack")
-            record_consumed(self.projection.name, stream, got.messages, started_ns, time.time_ns())
-            self.projection.committed(stream, result)
+            for got in taken:
+                if got.stream in results:
+                    record_consumed(
+                        self.projection.name, got.stream, got.messages, started_ns, time.time_ns()
+                    )
+                    self.projection.committed(got.stream, results[got.stream])
             self._batches.inc()
         self._duration.observe(time.perf_counter() - started)
 
+    async def _commit_good_part(
+        self, conn: Conn, work: Mapping[str, Sequence[StoredMessage]], poison: Poison
+    ) -> None:
+        """Commit everything before the poison message(s): the rest of the poisoned stream's
+        batch is cut at it, the other streams' batches are applied whole unless one of them
+        holds a poison message too, then it is cut as well."""
+        work = dict(work)
+        while True:
+            bad = poison.message
+            work[bad.stream] = [m for m in work[bad.stream] if m.sequence < bad.sequence]
+            work = {stream: messages for stream, messages in work.items() if messages}
+            if not work:
+                return
+            try:
+                results = await self._commit(conn, work)
+            except Poison as another:
+                poison = another
+                continue
+            for stream, result in results.items():
+                self.projection.committed(stream, result)
+            return
+
     async def _commit(
-        self, conn: Conn, stream: str, messages: Sequence[StoredMessage]
-    ) -> tuple[bool, object]:
-        """Apply the new ones of ``messages`` in one transaction; tell whether anything was.
+        self, conn: Conn, work: Mapping[str, Sequence[StoredMessage]]
+    ) -> dict[str, object]:
+        """Apply the new ones of each stream's ``messages`` in one transaction; return, by stream,
+        the projection's result for every stream that had new ones (empty: nothing was new).
 
         The connection is in autocommit mode and the transaction is opened and closed here, so
-        its edges cost one round trip each: BEGIN, the tracking row's lock and the lease's epoch
-        go in one pipeline; the new position and COMMIT in another. Any error rolls back."""
+        its edges cost one round trip each: BEGIN, the tracking rows' locks and the lease's epoch
+        go in one pipeline; the new positions and COMMIT in another. Any error rolls back."""
         schema = self.projection.schema
         lease = self._lease
+        # in the projection's order of sources (the same every time, and for the notifications
+        # the card events before the ledger entries derived from them)
+        streams = [source.stream for source in self.projection.sources() if source.stream in work]
+        results: dict[str, object] = {}
+        applied: dict[str, list[StoredMessage]] = {}
         try:
             async with conn.pipeline():
                 await conn.execute(b"BEGIN")
-                tracked = await conn.execute(tracking.lock_query(schema), (stream,))
+                locks = [await conn.execute(tracking.lock_query(schema), (s,)) for s in streams]
                 epoch = await conn.execute(*lease.epoch_query())
-            row = await tracked.fetchone()
-            last = row[0] if row is not None else None
+            rows = [await cur.fetchone() for cur in locks]
             lease.verify_epoch(await epoch.fetchone())
-            if last is None:  # the stream's first batch: create the row, lock it
-                last = await tracking.lock_position(conn, schema, stream, None, read=False)
-            last = int(last)
-            if last < self._applied[stream]:
-                raise PositionMoved(
-                    f"{schema}.tracking went back from {self._applied[stream]} to {last}"
-                )
-            fresh = [m for m in messages if m.sequence > last]
-            self._skipped.inc(len(messages) - len(fresh))
-            if not fresh:
-                await conn.execute(b"ROLLBACK")
+            for stream, row in zip(streams, rows, strict=True):
+                last = row[0] if row is not None else None
+                if last is None:  # the stream's first batch: create the row, lock it
+                    last = await tracking.lock_position(conn, schema, stream, None, read=False)
+                last = int(last)
+                if last < self._applied[stream]:
+                    raise PositionMoved(
+                        f"{schema}.tracking went back from {self._applied[stream]} to {last}"
+                    )
                 self._applied[stream] = last
-                return False, None
-            keyring = self.store.keyring
-            if keyring is not None:
-                refuse_unsealed(keyring, fresh)
-            result = await self.projection.apply(conn, stream, fresh)
-            tail = fresh[-1]
+                messages = work[stream]
+                fresh = [m for m in messages if m.sequence > last]
+                self._skipped.inc(len(messages) - len(fresh))
+                if not fresh:
+                    continue
+                keyring = self.store.keyring
+                if keyring is not None:
+                    refuse_unsealed(keyring, fresh)
+                results[stream] = await self.projection.apply(conn, stream, fresh)
+                applied[stream] = fresh
+            if not applied:
+                await conn.execute(b"ROLLBACK")
+                return {}
             async with conn.pipeline():
-                await tracking.set_position(conn, schema, stream, tail.sequence, tail.time)
+                for stream, done in applied.items():
+                    tail = done[-1]
+                    await tracking.set_position(conn, schema, stream, tail.sequence, tail.time)
                 self._fault.reached("before_commit")
                 await conn.execute(b"COMMIT")
         except BaseException:
             await _rollback(conn)
             raise
-        self._applied[stream] = tail.sequence
-        self._events.inc(len(fresh))
-        return True, result
+        for stream, done in applied.items():
+            self._applied[stream] = done[-1].sequence
+            self._events.inc(len(done))
+        return results
 
 
 async def _rollback(conn: Conn) -> None:

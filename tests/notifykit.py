@@ -171,6 +171,7 @@ def notification_runner(
     metrics: NotificationMetrics | None = None,
     waker: Waker | None = None,
     batch: int = 256,
+    linger: float = 0.0,
 ) -> ProjectionRunner:
     """A runner of the notification projection wired as the service wires it."""
     metrics = metrics or NotificationMetrics()
@@ -178,5 +179,9 @@ def notification_runner(
         schema, store.names, CommittedEffects(metrics, waker or Waker())
     )
     return ProjectionRunner(
-        projection, store, db, ProjectionMetrics(metrics.registry), RunnerConfig(batch=batch)
+        projection,
+        store,
+        db,
+        ProjectionMetrics(metrics.registry),
+        RunnerConfig(batch=batch, linger_seconds=linger),
     )

@@ -166,6 +166,85 @@ async def test_a_poison_message_stops_the_projection_after_its_good_prefix(
             await task
 
 
+async def _card_and_its_entries(
+    js: JetStreamContext, streams: StreamNames, db: str, *, poison_entry: bool = False
+) -> tuple[list[int], int]:
+    """c3 issued, funded and a purchase on the source stream; the purchase's ledger entry on the
+    derived stream, with (``poison_entry``) an undecodable message and one more entry after it.
+    Returns the source sequences and the derived stream's last sequence."""
+    card = Events("c3")
+    purchase = card.purchase(1_000)
+    seqs = await append(js, streams, card.issue(), card.fund(5_000), purchase)
+    entry = card.entry(purchase, streams.source, seqs[-1])
+    subject = streams.subjects.entry_created(entry.account_id)
+    bodies = [encode(entry), b"{not json", encode(entry)] if poison_entry else [encode(entry)]
+    for body in bodies:
+        ack = await js.publish(subject, body, stream=streams.derived)
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        await create_schemas(conn, SCHEMA)
+    return seqs, ack.seq
+
+
+async def _tracking_rows(db: str) -> dict[str, tuple[int, datetime]]:
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        cur = await conn.execute("SELECT stream, last_sequence, updated_at FROM notify.tracking")
+        return {stream: (last, at) for stream, last, at in await cur.fetchall()}
+
+
+async def test_both_streams_waiting_batches_commit_in_one_transaction(
+    nats_url: str, database_url: str, streams: StreamNames
+) -> None:
+    # While one stream's batch commits the other's waits: both are applied in the next
+    # transaction, not one after the other (the derived stream's entries used to wait a commit).
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        seqs, derived = await _card_and_its_entries(js, streams, db)
+        # the linger lets both readers hand their batch over before the applier takes them
+        runner = notification_runner(EventStore(nc, streams), db, linger=1.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            await _until(db, {streams.source: seqs[-1], streams.derived: derived})
+        finally:
+            stop.set()
+            await task
+        rows = await _tracking_rows(db)
+        assert rows[streams.source][0] == seqs[-1] and rows[streams.derived][0] == derived
+        # now() is the transaction's start: the same on both rows only if one transaction wrote both
+        assert rows[streams.source][1] == rows[streams.derived][1]
+
+
+async def test_a_poison_entry_stops_the_projection_after_everything_before_it_in_both_streams(
+    nats_url: str, database_url: str, streams: StreamNames
+) -> None:
+    async with nats_client(nats_url) as nc, fresh_database(database_url) as db:
+        js = nc.jetstream()
+        await create_streams(js, streams)
+        seqs, _ = await _card_and_its_entries(js, streams, db, poison_entry=True)
+        halted: list[Exception] = []
+        runner = notification_runner(EventStore(nc, streams), db, linger=1.0)
+        runner.on_halt = halted.append
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            for _ in range(200):
+                if halted:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+        assert len(halted) == 1 and isinstance(halted[0], Poison)
+        assert (halted[0].message.stream, halted[0].message.sequence) == (streams.derived, 2)
+        rows = await _tracking_rows(db)
+        # the source stream's batch whole, the derived stream's up to the poison message
+        assert rows[streams.source][0] == seqs[-1] and rows[streams.derived][0] == 1
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            kinds = [kind for _, kind in await _rows(conn)]
+        assert kinds == ["funding", "purchase", "posted"], kinds
+
+
 async def test_a_webhook_gets_what_followed_its_endpoint_however_messages_are_batched(
     nats_url: str, database_url: str, streams: StreamNames
 ) -> None:

@@ -5,8 +5,9 @@ transaction, ledger and notification services, projections included; ``services.
 issues ``--cards`` credit cards, then sends ``--commands`` money commands over them, flat out or
 at ``--rate`` commands/s: purchases mostly, with holds (captured whole, in part, or voided) and
 refunds of earlier purchases mixed in. Every ``--window`` commands it reports throughput, call
-latency p50/p99, errors by gRPC status, declines by reason, projection lag, and the RSS of every
-process. At the end it waits for the projections, runs ``jetledger verify`` and checks that every
+latency p50/p99, errors by gRPC status, declines by reason, projection lag, the RSS of every
+process, and the CPU each process (with its children: Postgres backends) and the driver itself
+spent per command. At the end it waits for the projections, runs ``jetledger verify`` and checks that every
 service still answers.
 
 ``--json`` prints one object: ``commands``, ``cards``, ``errors``, ``first_100k_cmd_per_s``,
@@ -193,6 +194,7 @@ class Window:
     declines: Counter[str] = field(default_factory=Counter)
     lags: list[float] = field(default_factory=list)  # seconds, sampled each second
     rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU an accepted-or-not command, ms
 
     @property
     def rate(self) -> float:
@@ -212,7 +214,13 @@ class Window:
             "declines": dict(self.declines),
             "lag_p99_s": round(_quantile(self.lags, 0.99), 3),
             "rss_mb": {k: round(v, 1) for k, v in self.rss_mb.items()},
+            "cpu_ms_per_cmd": {k: round(v, 3) for k, v in self.cpu_ms.items()},
         }
+
+
+def _cpu_now(system: DevSystem) -> dict[str, float]:
+    """CPU seconds used so far by every process of the system, and by this driver ("bench")."""
+    return {**system.cpu_seconds(), "bench": time.process_time()}
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -292,11 +300,18 @@ async def _drive(system: DevSystem, options: Options, out: Console) -> dict[str,
     started = time.perf_counter()
     current = Window(0, started=started)
     calls = options.batch if options.mode == "submit" else 1
+    cpu_before = _cpu_now(system)
 
     def close_window(now: float) -> None:
-        nonlocal current
+        nonlocal current, cpu_before
         current.ended = now
         current.rss_mb = {name: kib / 1024 for name, kib in system.rss().items()}
+        cpu_now = _cpu_now(system)
+        current.cpu_ms = {
+            name: (used - cpu_before.get(name, 0.0)) * 1000 / max(current.commands, 1)
+            for name, used in cpu_now.items()
+        }
+        cpu_before = cpu_now
         windows.append(current)
         out.print(_line(current))
         current = Window(current.index + 1, started=now)
@@ -511,11 +526,13 @@ def _result(
 
 def _line(window: Window) -> str:
     rss = " ".join(f"{k}={v:.0f}" for k, v in sorted(window.rss_mb.items()))
+    cpu = " ".join(f"{k}={v:.2f}" for k, v in sorted(window.cpu_ms.items()))
     errors = ",".join(f"{k}:{v}" for k, v in window.errors.items()) or "0"
     return (
         f"[{window.index:>3}] {window.commands:>7,} cmds {window.rate:>8.1f}/s "
         f"p50 {window.quantile(0.5):7.1f} ms p99 {window.quantile(0.99):7.1f} ms "
         f"errors {errors} lag p99 {_quantile(window.lags, 0.99):.2f} s | RSS MB {rss}"
+        f" | CPU ms/cmd {cpu}"
     )
 
 

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -133,6 +134,41 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def tree_cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
+    """CPU time (user + system, seconds) each named process and its live descendants have used.
+
+    Descendants count because Postgres serves each connection from a child of the postmaster.
+    Ended children count once their parent has waited for them (``cutime``/``cstime``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[str, float] = {}
+    for name, root in roots.items():
+        if root not in used:
+            continue
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            total += used.get(pid, 0.0)
+            todo += children.get(pid, [])
+        found[name] = total
+    return found
 
 
 class DataDir:

@@ -35,7 +35,15 @@ from eventstore import EventStore
 from services.dev.logs import tail
 from services.dev.ports import SERVICES, all_ports, check_free, is_free, service_ports
 from services.dev.process import STABLE_AFTER, ServiceProcess, backoff, describe_exit
-from services.dev.state import Child, DataDir, DevState, ServerPorts, cmdline_of, rss_kib
+from services.dev.state import (
+    Child,
+    DataDir,
+    DevState,
+    ServerPorts,
+    cmdline_of,
+    rss_kib,
+    tree_cpu_seconds,
+)
 from services.localservers import LocalNats, LocalPostgres, LocalServerError
 from services.preflight import migrate
 from services.security.local import (
@@ -323,6 +331,10 @@ class DevSystem:
         """Resident memory (KiB) of every live process, by name."""
         found = {name: rss_kib(pid) for name, pid in self.pids().items()}
         return {name: kib for name, kib in found.items() if kib is not None}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by every live process and its children, by name."""
+        return tree_cpu_seconds(self.pids())
 
     @property
     def log_dir(self) -> Path:

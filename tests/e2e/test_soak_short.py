@@ -36,4 +36,6 @@ def test_the_short_soak_profile_runs_clean(tmp_path: Path) -> None:
     assert all(result["answering"].values()), result["answering"]
     assert result["caught_up_after_s"] >= 0, "the projections caught up"
     assert set(result["rss_mb"]) >= {"card", "transaction", "ledger", "notification", "nats"}
+    cpu = result["windows"][-1]["cpu_ms_per_cmd"]
+    assert all(cpu[name] > 0 for name in ("transaction", "postgres", "nats", "bench")), cpu
     assert result["ok"]

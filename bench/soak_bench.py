@@ -60,6 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "wide": {"commands": 1_000_000, "cards": 100_000, "window": 100_000},
 }
 CREDIT_LIMIT = 10**12  # minor units: no purchase of the mix is ever declined for funds
+YARDSTICK_LOOPS = 300_000
 EXPECTED_DECLINES: frozenset[str] = frozenset()  # the mix never asks for anything refusable
 
 
@@ -195,6 +196,7 @@ class Window:
     lags: list[float] = field(default_factory=list)  # seconds, sampled each second
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU an accepted-or-not command, ms
+    yardstick_ms: float = 0.0  # CPU time of a fixed piece of work at the window's end
 
     @property
     def rate(self) -> float:
@@ -215,7 +217,20 @@ class Window:
             "lag_p99_s": round(_quantile(self.lags, 0.99), 3),
             "rss_mb": {k: round(v, 1) for k, v in self.rss_mb.items()},
             "cpu_ms_per_cmd": {k: round(v, 3) for k, v in self.cpu_ms.items()},
+            "yardstick_ms": round(self.yardstick_ms, 1),
         }
+
+
+def _yardstick() -> float:
+    """CPU seconds a fixed piece of pure-Python work takes right now (~0.1 s on an idle core).
+
+    A shared machine's speed drifts: with both cores busy, or a neighbour busy, the same
+    instructions cost more CPU time. Comparing windows means comparing their yardsticks too."""
+    started = time.process_time()
+    total = 0
+    for i in range(YARDSTICK_LOOPS):
+        total += i * i % 7
+    return time.process_time() - started
 
 
 def _cpu_now(system: DevSystem) -> dict[str, float]:
@@ -312,6 +327,7 @@ async def _drive(system: DevSystem, options: Options, out: Console) -> dict[str,
             for name, used in cpu_now.items()
         }
         cpu_before = cpu_now
+        current.yardstick_ms = _yardstick() * 1000
         windows.append(current)
         out.print(_line(current))
         current = Window(current.index + 1, started=now)
@@ -508,6 +524,10 @@ def _result(
         "first_100k_cmd_per_s": round(first.rate, 1),
         "last_100k_cmd_per_s": round(last.rate, 1),
         "p99_ms": {"first": round(first.quantile(0.99), 2), "last": round(last.quantile(0.99), 2)},
+        "yardstick_ms": {
+            "first": round(first.yardstick_ms, 1),
+            "last": round(last.yardstick_ms, 1),
+        },
         "rss_mb": {
             name: {
                 "first": round(first.rss_mb.get(name, 0.0), 1),
@@ -532,7 +552,7 @@ def _line(window: Window) -> str:
         f"[{window.index:>3}] {window.commands:>7,} cmds {window.rate:>8.1f}/s "
         f"p50 {window.quantile(0.5):7.1f} ms p99 {window.quantile(0.99):7.1f} ms "
         f"errors {errors} lag p99 {_quantile(window.lags, 0.99):.2f} s | RSS MB {rss}"
-        f" | CPU ms/cmd {cpu}"
+        f" | CPU ms/cmd {cpu} | yardstick {window.yardstick_ms:.0f} ms"
     )
 
 

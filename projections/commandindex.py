@@ -63,7 +63,19 @@ CREATE TABLE IF NOT EXISTS {s}.projector_lease (
 """
 
 # The last event of a command wins its sequence; another card's use of the id leaves the row alone.
-_UPSERT: Final = """
+# A batch is one statement over binary arrays (one row per command id: ``merge_rows``); a statement
+# per event cost the transaction service ~60 µs of CPU an event, and Postgres a statement each.
+_UPSERT_ALL: Final = """
+INSERT INTO {s}.commands AS c (command_id, card_id, command_type, fingerprint, outcome, reason,
+    detail, sequence, decided_at)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::text[], %b::bigint[], %b::timestamptz[])
+ON CONFLICT (command_id) DO UPDATE SET sequence = EXCLUDED.sequence, outcome = EXCLUDED.outcome,
+    reason = EXCLUDED.reason, detail = EXCLUDED.detail
+    WHERE c.card_id = EXCLUDED.card_id AND c.sequence < EXCLUDED.sequence
+"""
+# The same, one row (for an id reused on another card within a batch).
+_UPSERT_ONE: Final = """
 INSERT INTO {s}.commands AS c (command_id, card_id, command_type, fingerprint, outcome, reason,
     detail, sequence, decided_at)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
@@ -131,6 +143,28 @@ def row_of(message: StoredMessage, commands_filter: str) -> Row | None:
     )
 
 
+def merge_rows(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+    """Split a batch's rows for writing: one row per command id, as upserting them one after the
+    other would leave it (a later event of the command moves its sequence and outcome), for one
+    statement — which may not touch a row twice; and, in order, every row of an id that appears
+    on more than one card in the batch (a reused id: which card keeps it depends on the table, so
+    those go one by one)."""
+    merged: dict[str, Row] = {}
+    reused: set[str] = set()
+    for row in rows:
+        first = merged.get(row[0])
+        if first is None:
+            merged[row[0]] = row
+        elif first[1] != row[1]:
+            reused.add(row[0])
+        elif first[7] < row[7]:
+            merged[row[0]] = (*first[:4], *row[4:8], first[8])
+    if not reused:
+        return list(merged.values()), []
+    bulk = [row for key, row in merged.items() if key not in reused]
+    return bulk, [row for row in rows if row[0] in reused]
+
+
 class CommandIndexProjection:
     """Projects every recorded command of the source stream into ``<schema>.commands``."""
 
@@ -141,7 +175,8 @@ class CommandIndexProjection:
         self.lease_name = f"{PROJECTION_NAME}:{schema}"
         self.lease_table = f"{schema}.projector_lease"
         self._streams = streams
-        self._upsert = sql.SQL(_UPSERT).format(s=sql.Identifier(schema))
+        self._upsert_all = sql.SQL(_UPSERT_ALL).format(s=sql.Identifier(schema))
+        self._upsert_one = sql.SQL(_UPSERT_ONE).format(s=sql.Identifier(schema))
 
     def sources(self) -> Sequence[Source]:
         s = self._streams.subjects
@@ -157,9 +192,14 @@ class CommandIndexProjection:
                 raise Poison(message, f"undecodable: {exc}") from exc
             if row is not None:
                 rows.append(row)
-        if rows:
+        bulk, one_by_one = merge_rows(rows)
+        if bulk:
+            await conn.execute(
+                self._upsert_all, [list(column) for column in zip(*bulk, strict=True)]
+            )
+        if one_by_one:
             async with conn.cursor() as cur:
-                await cur.executemany(self._upsert, rows)
+                await cur.executemany(self._upsert_one, one_by_one)
         return len(rows)
 
     def committed(self, stream: str, result: object) -> None:

@@ -74,11 +74,17 @@ from contracts.events import (
 from contracts.money import MAX_CARD_BALANCE
 
 
-def decide(state: CardState, command: Command, now: datetime) -> Decision:
-    """Decide ``command`` on ``state`` at ``now`` (timezone-aware); see the module for the rules."""
+def decide(
+    state: CardState, command: Command, now: datetime, *, validated: bool = False
+) -> Decision:
+    """Decide ``command`` on ``state`` at ``now`` (timezone-aware); see the module for the rules.
+
+    ``validated``: ``command`` is what ``validate`` returned (the intake validates each command
+    once, before its first decision and any retry after a conflict)."""
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    command = validate(command)
+    if not validated:
+        command = validate(command)
     if isinstance(command, IssueCard):
         return _issue(state, command, now)
     if not state.exists:

@@ -295,7 +295,7 @@ class CommandHandler:
                 if found is not None:
                     return await self._replay(found, print_, kind)
                 try:
-                    decision = decide(state, command, self._clock())
+                    decision = decide(state, command, self._clock(), validated=True)
                 except (NotFound, AlreadyExists):
                     if not fresh:  # the cache may predate the card's issue (or another replica's)
                         fresh = True

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from services.observability.logs import ContextFilter, JsonFormatter, about_command
 from services.observability.tracing import tracer_provider
+from services.runtime import setup_logging
 
 
 def capture() -> tuple[logging.Logger, io.StringIO]:
@@ -88,3 +89,32 @@ def test_digits_inside_bytes_or_nested_values_are_masked_too() -> None:
     parsed = json.loads(line)
     assert parsed["raw"] == "b'****1111'"
     assert parsed["nested"] == {"ids": ["tx-****1111"]}
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_service_logging_writes_json_lines_without_gathering_the_caller(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # restored afterwards
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    setup_logging("test")
+    records: list[logging.LogRecord] = []
+    root.addHandler(_Keep(records))
+    logging.getLogger("jetledger.test").info("hello", extra={"card_id": "c-1"})
+    (record,) = records
+    # nobody reads the caller's frame, thread or process: not gathered (the logging HOWTO's
+    # "Optimization"), which is a quarter of a log call
+    assert (record.lineno, record.thread, record.process) == (0, None, None)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (line["msg"], line["card_id"], line["level"]) == ("hello", "c-1", "info")

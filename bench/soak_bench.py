@@ -222,7 +222,7 @@ class Window:
 
 
 def _yardstick() -> float:
-    """CPU seconds a fixed piece of pure-Python work takes right now (~0.1 s on an idle core).
+    """CPU seconds a fixed piece of pure-Python work takes right now (~40 ms on an idle core here).
 
     A shared machine's speed drifts: with both cores busy, or a neighbour busy, the same
     instructions cost more CPU time. Comparing windows means comparing their yardsticks too."""

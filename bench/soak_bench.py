@@ -194,6 +194,7 @@ class Window:
     errors: Counter[str] = field(default_factory=Counter)
     declines: Counter[str] = field(default_factory=Counter)
     lags: list[float] = field(default_factory=list)  # seconds, sampled each second
+    lags_by: dict[str, list[float]] = field(default_factory=dict)  # the same, by projection
     rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU an accepted-or-not command, ms
     yardstick_ms: float = 0.0  # CPU time of a fixed piece of work at the window's end
@@ -215,6 +216,9 @@ class Window:
             "errors": dict(self.errors),
             "declines": dict(self.declines),
             "lag_p99_s": round(_quantile(self.lags, 0.99), 3),
+            "lag_p99_s_by_projection": {
+                name: round(_quantile(lags, 0.99), 3) for name, lags in self.lags_by.items()
+            },
             "rss_mb": {k: round(v, 1) for k, v in self.rss_mb.items()},
             "cpu_ms_per_cmd": {k: round(v, 3) for k, v in self.cpu_ms.items()},
             "yardstick_ms": round(self.yardstick_ms, 1),
@@ -248,7 +252,12 @@ def _quantile(values: Sequence[float], q: float) -> float:
 
 def _scrape_lag(urls: Sequence[str]) -> float:
     """The largest ``jetledger_projection_lag_seconds`` the projections report right now."""
-    worst = 0.0
+    return max(_scrape_lags(urls).values(), default=0.0)
+
+
+def _scrape_lags(urls: Sequence[str]) -> dict[str, float]:
+    """Each projection's ``jetledger_projection_lag_seconds`` right now (its worst stream)."""
+    found: dict[str, float] = {}
     for url in urls:
         with (
             contextlib.suppress(OSError, ValueError),
@@ -256,8 +265,10 @@ def _scrape_lag(urls: Sequence[str]) -> float:
         ):
             for line in reply.read().decode().splitlines():
                 if line.startswith("jetledger_projection_lag_seconds{"):
-                    worst = max(worst, float(line.rsplit(" ", 1)[1]))
-    return worst
+                    labels, value = line.rsplit(" ", 1)
+                    name = labels.split('projection="', 1)[1].split('"', 1)[0]
+                    found[name] = max(found.get(name, 0.0), float(value))
+    return found
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -383,7 +394,10 @@ async def _drive(system: DevSystem, options: Options, out: Console) -> dict[str,
 
     async def sample_lag() -> None:
         while True:
-            current.lags.append(await asyncio.to_thread(_scrape_lag, lag_urls))
+            lags = await asyncio.to_thread(_scrape_lags, lag_urls)
+            current.lags.append(max(lags.values(), default=0.0))
+            for name, lag in lags.items():
+                current.lags_by.setdefault(name, []).append(lag)
             await asyncio.sleep(1.0)
 
     sampler = asyncio.create_task(sample_lag())
@@ -547,11 +561,12 @@ def _result(
 def _line(window: Window) -> str:
     rss = " ".join(f"{k}={v:.0f}" for k, v in sorted(window.rss_mb.items()))
     cpu = " ".join(f"{k}={v:.2f}" for k, v in sorted(window.cpu_ms.items()))
+    by = " ".join(f"{k}={_quantile(v, 0.99):.2f}" for k, v in sorted(window.lags_by.items()))
     errors = ",".join(f"{k}:{v}" for k, v in window.errors.items()) or "0"
     return (
         f"[{window.index:>3}] {window.commands:>7,} cmds {window.rate:>8.1f}/s "
         f"p50 {window.quantile(0.5):7.1f} ms p99 {window.quantile(0.99):7.1f} ms "
-        f"errors {errors} lag p99 {_quantile(window.lags, 0.99):.2f} s | RSS MB {rss}"
+        f"errors {errors} lag p99 {_quantile(window.lags, 0.99):.2f} s ({by}) | RSS MB {rss}"
         f" | CPU ms/cmd {cpu} | yardstick {window.yardstick_ms:.0f} ms"
     )
 

@@ -39,4 +39,5 @@ def test_the_short_soak_profile_runs_clean(tmp_path: Path) -> None:
     cpu = result["windows"][-1]["cpu_ms_per_cmd"]
     assert all(cpu[name] > 0 for name in ("transaction", "postgres", "nats", "bench")), cpu
     assert result["yardstick_ms"]["last"] > 0
+    assert set(result["windows"][-1]["lag_p99_s_by_projection"]) == {"ledger", "notifications"}
     assert result["ok"]

@@ -140,7 +140,10 @@ def tree_cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
     """CPU time (user + system, seconds) each named process and its live descendants have used.
 
     Descendants count because Postgres serves each connection from a child of the postmaster.
-    Ended children count once their parent has waited for them (``cutime``/``cstime``)."""
+    Ended children count once their parent has waited for them (``cutime``/``cstime``). Read from
+    ``/proc``: empty where there is none (not Linux)."""
+    if not Path("/proc/self/stat").exists():
+        return {}
     tick = os.sysconf("SC_CLK_TCK")
     parent: dict[int, int] = {}
     used: dict[int, float] = {}

@@ -51,9 +51,9 @@ async def _until(db: str, wanted: dict[str, int], within: float = 20.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _project(store: EventStore, db: str, wanted: dict[str, int]) -> None:
+async def _project(store: EventStore, db: str, wanted: dict[str, int], linger: float = 0.0) -> None:
     """Run the live projection until it has applied ``wanted`` (stream -> sequence)."""
-    runner = notification_runner(store, db)
+    runner = notification_runner(store, db, linger=linger)
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
@@ -61,6 +61,25 @@ async def _project(store: EventStore, db: str, wanted: dict[str, int]) -> None:
     finally:
         stop.set()
         await task
+
+
+async def _until_halted(store: EventStore, db: str, linger: float = 0.0) -> list[Exception]:
+    """Run the live projection until it stops on a poison message (10 s at most); what it
+    reported through ``on_halt``."""
+    halted: list[Exception] = []
+    runner = notification_runner(store, db, linger=linger)
+    runner.on_halt = halted.append
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        for _ in range(200):
+            if halted:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    return halted
 
 
 async def _purchase_after_an_endpoint(
@@ -146,24 +165,12 @@ async def test_a_poison_message_stops_the_projection_after_its_good_prefix(
         await append(js, streams, card.purchase(100))
         async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
             await create_schemas(conn, SCHEMA)
-        halted: list[Exception] = []
-        runner = notification_runner(EventStore(nc, streams), db)
-        runner.on_halt = halted.append
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            for _ in range(200):
-                if halted:
-                    break
-                await asyncio.sleep(0.05)
-            assert len(halted) == 1 and isinstance(halted[0], Poison)
-            assert halted[0].message.sequence == good[-1] + 1
-            async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
-                assert [kind for _, kind in await _rows(conn)] == ["funding"]  # never skipped
-                assert (await tracking.positions(conn, SCHEMA))[streams.source] == good[-1]
-        finally:
-            stop.set()
-            await task
+        halted = await _until_halted(EventStore(nc, streams), db)
+        assert len(halted) == 1 and isinstance(halted[0], Poison)
+        assert halted[0].message.sequence == good[-1] + 1
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            assert [kind for _, kind in await _rows(conn)] == ["funding"]  # never skipped
+            assert (await tracking.positions(conn, SCHEMA))[streams.source] == good[-1]
 
 
 async def _card_and_its_entries(
@@ -201,14 +208,8 @@ async def test_both_streams_waiting_batches_commit_in_one_transaction(
         await create_streams(js, streams)
         seqs, derived = await _card_and_its_entries(js, streams, db)
         # the linger lets both readers hand their batch over before the applier takes them
-        runner = notification_runner(EventStore(nc, streams), db, linger=1.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            await _until(db, {streams.source: seqs[-1], streams.derived: derived})
-        finally:
-            stop.set()
-            await task
+        wanted = {streams.source: seqs[-1], streams.derived: derived}
+        await _project(EventStore(nc, streams), db, wanted, linger=1.0)
         rows = await _tracking_rows(db)
         assert rows[streams.source][0] == seqs[-1] and rows[streams.derived][0] == derived
         # now() is the transaction's start: the same on both rows only if one transaction wrote both
@@ -222,19 +223,7 @@ async def test_a_poison_entry_stops_the_projection_after_everything_before_it_in
         js = nc.jetstream()
         await create_streams(js, streams)
         seqs, _ = await _card_and_its_entries(js, streams, db, poison_entry=True)
-        halted: list[Exception] = []
-        runner = notification_runner(EventStore(nc, streams), db, linger=1.0)
-        runner.on_halt = halted.append
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            for _ in range(200):
-                if halted:
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            await task
+        halted = await _until_halted(EventStore(nc, streams), db, linger=1.0)
         assert len(halted) == 1 and isinstance(halted[0], Poison)
         assert (halted[0].message.stream, halted[0].message.sequence) == (streams.derived, 2)
         rows = await _tracking_rows(db)

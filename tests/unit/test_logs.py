@@ -118,3 +118,17 @@ def test_service_logging_writes_json_lines_without_gathering_the_caller(
     assert (record.lineno, record.thread, record.process) == (0, None, None)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert (line["msg"], line["card_id"], line["level"]) == ("hello", "c-1", "info")
+
+
+def test_trace_ids_are_never_masked_but_other_values_under_their_keys_are() -> None:
+    logger, out = capture()
+    digits = "1234567890123456"  # a run of 16 decimal digits: card-number shaped
+    trace_id, span_id = digits + "abcdef0123456789", digits
+    logger.info("plain", extra={"trace_id": trace_id, "span_id": span_id})
+    logger.info("card 4111111111111111", extra={"trace_id": trace_id, "span_id": span_id})
+    logger.info("forged", extra={"trace_id": "pan 4111111111111111"})
+    plain, carded, forged = lines(out)
+    assert (plain["trace_id"], plain["span_id"]) == (trace_id, span_id)
+    assert (carded["trace_id"], carded["span_id"]) == (trace_id, span_id)
+    assert carded["msg"] == "card ****1111"
+    assert forged["trace_id"] == "pan ****1111"

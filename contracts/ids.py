@@ -17,6 +17,22 @@ ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ACCOUNT_ID_PATTERN: Final = re.compile(r"(card|merchant|house)-[A-Za-z0-9_-]{1,64}")
 # A run of 13–19 digits, possibly grouped by spaces or dashes: the shape of a card number.
 _DIGIT_RUN: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
+# Every byte to "d" (an ASCII digit) or "." (anything else): see ``may_hold_digit_run``.
+_DIGITS_AS_D: Final = bytes(0x64 if 0x30 <= byte <= 0x39 else 0x2E for byte in range(256))
+
+
+def may_hold_digit_run(text: str, length: int = 13) -> bool:
+    """Tell whether ``text`` may hold ``length`` digits each separated by at most one space or dash.
+
+    False means certainly not, so the regex search can be skipped: with every space and dash
+    removed, such a run becomes ``length`` digits in a row, which one C-level pass finds (~0.7 µs
+    on a 300-character log line, against ~13 µs for the search, which is slow on text with many
+    short digit runs: timestamps, amounts). Text with non-ASCII characters answers True: regexes
+    written with ``\\d`` also match other scripts' digits, and only they decide for it.
+    """
+    if not text.isascii():
+        return True
+    return b"d" * length in text.encode().translate(_DIGITS_AS_D, b" -")
 
 
 def is_valid_id(value: str) -> bool:
@@ -50,6 +66,8 @@ def check_client_id(value: str, field: str = "id") -> str:
 
 def contains_card_number(text: str) -> bool:
     """Tell whether ``text`` holds a Luhn-valid run of 13–19 digits (a plausible PAN)."""
+    if not may_hold_digit_run(text):
+        return False
     for match in _DIGIT_RUN.finditer(text):
         digits = [int(ch) for ch in match.group() if ch.isdigit()]
         for length in range(13, 20):
@@ -60,8 +78,8 @@ def contains_card_number(text: str) -> bool:
 
 
 def needs_masking(text: str) -> bool:
-    """Tell whether ``mask_card_numbers`` would change ``text`` (one scan, no allocation)."""
-    return _DIGIT_RUN.search(text) is not None
+    """Tell whether ``mask_card_numbers`` would change ``text``."""
+    return may_hold_digit_run(text) and _DIGIT_RUN.search(text) is not None
 
 
 def mask_card_numbers(text: str) -> str:
@@ -70,6 +88,8 @@ def mask_card_numbers(text: str) -> str:
     Deliberately wider than ``contains_card_number`` (no Luhn check): what is shown to people
     (notifications, logs, webhook bodies) masks anything shaped like a card number.
     """
+    if not may_hold_digit_run(text):
+        return text
     return _DIGIT_RUN.sub(lambda m: "****" + re.sub(r"\D", "", m.group())[-4:], text)
 
 

@@ -7,8 +7,9 @@ included, passes through ``mask_card_numbers`` (as every other output of jetledg
 the trace's own hex ids.
 
 A line of plain values (text, numbers) costs ~25 µs to format (it was ~45): msgspec encodes it,
-and only if one regex scan of the whole line finds something shaped like a card number is it
-encoded again with each text value masked. A line carrying anything else (a traceback, a dict, bytes
+and only if the whole line may hold something shaped like a card number (a one-pass byte check,
+then a regex scan: ``contracts.ids.needs_masking``) is it encoded again with each text value
+masked. A line carrying anything else (a traceback, a dict, bytes
 — which msgspec would write as base64, hiding digits from the scan) takes the masked path at once.
 That matters where a line is a product, not a diagnostic: the notification service writes one per
 notification.

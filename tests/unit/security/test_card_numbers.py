@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from hypothesis import given
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 from commands.messages import CreateTransaction, FundCard, IssueCard
 from commands.validation import validate
 from contracts.errors import InvalidArgument
-from contracts.ids import check_client_id, check_id, contains_card_number, mask_card_numbers
+from contracts.ids import (
+    check_client_id,
+    check_id,
+    contains_card_number,
+    mask_card_numbers,
+    may_hold_digit_run,
+    needs_masking,
+)
 from services.observability.logs import JsonFormatter
 
 VISA = "4111111111111111"  # Luhn-valid test numbers of 16, 15 and 13 digits
@@ -97,3 +105,25 @@ def test_log_lines_never_show_a_card_number() -> None:
     assert line["msg"] == "command ****1111"
     assert line["command_id"] == "tx-****1111"
     assert line["latency"] == 0.1234567890123456  # numbers stay numbers
+
+
+_CARDISH = st.text(alphabet="0123456789 --x\u0663", max_size=60)  # digits, separators, other
+
+
+@given(_CARDISH)
+def test_the_quick_check_never_hides_a_digit_run_the_regexes_find(text: str) -> None:
+    # The quick check only lets the searches be skipped: where it says "no", they find nothing.
+    for length, pattern in ((13, r"[0-9](?:[ -]?[0-9]){12,}"), (12, r"\d(?:[ -]?\d){11,}")):
+        if re.search(pattern, text):
+            assert may_hold_digit_run(text, length)
+
+
+def test_the_quick_check_answers_no_for_text_with_only_short_digit_runs() -> None:
+    line = '{"ts":"2026-12-03T15:08:22.389Z","msg":"Posted USD 12.34; balance USD -1,234.56"}'
+    assert not may_hold_digit_run(line)
+    assert not needs_masking(line) and mask_card_numbers(line) == line
+    assert may_hold_digit_run("4111 1111-1111 1111") and may_hold_digit_run("x" + VISA)
+    # It over-approximates: two separators in a row break a run, which only the search sees.
+    assert may_hold_digit_run("4111  1111 1111 1111") and not needs_masking("4111  1111 1111 1111")
+    assert mask_card_numbers(f"card {VISA}, ts 2026-12-03") == "card ****1111, ts 2026-12-03"
+    assert may_hold_digit_run("\u0661" * 13)  # other scripts' digits: the regex decides

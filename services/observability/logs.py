@@ -109,10 +109,14 @@ class JsonFormatter(logging.Formatter):
 
     _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 
+    _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second[0]:  # a busy service logs many lines a second
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -123,7 +127,7 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             payload["stack"] = record.stack_info
         ids = _trace_ids(payload)
-        if all(isinstance(value, _PLAIN) for value in payload.values()):
+        if _PLAIN.issuperset(map(type, payload.values())):
             line = _encoder.encode(payload).decode()
             if not needs_masking(line):
                 return line[:-1] + ids + "}"
@@ -149,12 +153,8 @@ def _trace_ids(payload: dict[str, Any]) -> str:
     return out
 
 
-_PLAIN: Final = (
-    str,
-    int,
-    float,
-    type(None),
-)  # what msgspec and the scan see alike (bool is an int)
+# What msgspec and the scan see alike: exact types (a str or int subclass takes the masked path).
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 _encoder: Final = msgspec.json.Encoder()
 _TRACE_IDS: Final = (
     ("trace_id", re.compile(r"[0-9a-f]{32}")),

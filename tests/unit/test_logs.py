@@ -132,3 +132,23 @@ def test_trace_ids_are_never_masked_but_other_values_under_their_keys_are() -> N
     assert (carded["trace_id"], carded["span_id"]) == (trace_id, span_id)
     assert carded["msg"] == "card ****1111"
     assert forged["trace_id"] == "pan ****1111"
+
+
+def test_each_line_is_stamped_with_its_own_second_and_millisecond() -> None:
+    formatter = JsonFormatter()
+    stamps = []
+    for second, msecs in (
+        (1_764_770_400, 500),
+        (1_764_770_400, 999),
+        (1_764_770_401, 250),
+        (1_764_770_400, 1),
+    ):
+        record = logging.LogRecord("t", logging.INFO, "", 0, "m", (), None)
+        record.created, record.msecs = second + msecs / 1000, float(msecs)
+        stamps.append(json.loads(formatter.format(record))["ts"])
+    assert stamps == [
+        "2025-12-03T14:00:00.500Z",
+        "2025-12-03T14:00:00.999Z",
+        "2025-12-03T14:00:01.250Z",
+        "2025-12-03T14:00:00.001Z",
+    ]

@@ -1,5 +1,5 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
-Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
+Prometheus metrics, graceful shutdown on SIGTERM/SIGINT, and the garbage collector's settings.
 
 Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,9 @@ from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
+
+# Tracked objects allocated (net) between two young collections; CPython's default is 700.
+GC_YOUNG_THRESHOLD: Final = 10_000
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
@@ -221,13 +225,32 @@ def until_shutdown(
     return until
 
 
+def tune_gc() -> None:
+    """Set the cyclic garbage collector up for a long-running service, once everything is imported.
+
+    Measured in the soak benchmark (docs/soak.md): the transaction service spent ~3.5 s of CPU a
+    minute collecting (~6 % of a core, ~90 µs a command): ~2,400 young collections a minute, and a
+    full one every ~3 s that walked the ~75,000 objects of the imported modules (functions, types,
+    descriptors) which never die. ``gc.freeze()`` moves what exists now (those) out of every
+    later collection, and a young generation of ``GC_YOUNG_THRESHOLD`` objects instead of 700
+    makes young collections ~14× rarer; an object that dies young is freed by reference counting
+    either way. After both: ~0.2 s a minute. Garbage in cycles still gets collected, a little
+    later (at most ~10,000 young objects' worth).
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def run_service(service: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
     """Entry point of a service process: settings from the environment, logging and tracing
-    configured, ``serve(settings)`` on the services' loop; spans still batched are flushed at the
-    end."""
+    configured, the collector tuned (``tune_gc``), ``serve(settings)`` on the services' loop;
+    spans still batched are flushed at the end."""
     settings = Settings.from_env()
     setup_logging(service, settings.log_format, settings.log_level)
     tracing = setup_tracing(service, settings)
+    tune_gc()
     try:
         run_loop(serve(settings))
     finally:

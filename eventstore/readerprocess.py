@@ -16,7 +16,7 @@ import sys
 import threading
 
 from eventstore.errors import StoreUnavailable
-from eventstore.loop import run_loop
+from eventstore.loop import run_loop, tune_gc
 from eventstore.reader import read_batches
 from eventstore.wire import WireOptions
 from eventstore.workers import LENGTH, READ_AHEAD, Frame
@@ -52,6 +52,7 @@ def _child(arguments: str) -> None:
             frame: Frame = (got.stream, got.last_sequence, got.pending, rows)
             frames.put(b"B" + pickle.dumps(frame, pickle.HIGHEST_PROTOCOL))
 
+    tune_gc()  # a worker lives as long as its read: a service's life, or a whole rebuild
     try:
         run_loop(read())
         frames.put(b"D")  # done

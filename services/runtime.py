@@ -1,5 +1,5 @@
 """What every service process shares: logging, the gRPC server with health and reflection,
-Prometheus metrics, graceful shutdown on SIGTERM/SIGINT, and the garbage collector's settings.
+Prometheus metrics, and graceful shutdown on SIGTERM/SIGINT.
 
 Shutdown order (issue 3; docs/architecture.md, invariant 10 for the status codes): health goes NOT_SERVING first (load balancers stop
 routing), in-flight RPCs drain within a grace period, then the service's own resources close.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from eventstore.loop import run_loop
+from eventstore.loop import run_loop, tune_gc
 from services.grpc_errors import StatusBoundary
 from services.observability.interceptor import ObservingInterceptor
 from services.observability.logs import ContextFilter, JsonFormatter
@@ -34,9 +33,6 @@ from services.security.config import ServerSecurity
 from services.settings import Settings
 
 log = logging.getLogger("jetledger")
-
-# Tracked objects allocated (net) between two young collections; CPython's default is 700.
-GC_YOUNG_THRESHOLD: Final = 10_000
 
 
 def setup_logging(service: str, fmt: str = "json", level: str = "INFO") -> None:
@@ -223,24 +219,6 @@ def until_shutdown(
         _exit_by(deadline, service)
 
     return until
-
-
-def tune_gc() -> None:
-    """Set the cyclic garbage collector up for a long-running service, once everything is imported.
-
-    Measured in the soak benchmark (docs/soak.md): the transaction service spent ~3.5 s of CPU a
-    minute collecting (~6 % of a core, ~90 µs a command): ~2,400 young collections a minute, and a
-    full one every ~3 s that walked the ~75,000 objects of the imported modules (functions, types,
-    descriptors) which never die. ``gc.freeze()`` moves what exists now (those) out of every
-    later collection, and a young generation of ``GC_YOUNG_THRESHOLD`` objects instead of 700
-    makes young collections ~14× rarer; an object that dies young is freed by reference counting
-    either way. After both: ~0.2 s a minute. Garbage in cycles still gets collected, a little
-    later (at most ~10,000 young objects' worth).
-    """
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def run_service(service: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from eventstore.loop import run_loop
+from eventstore.loop import run_loop, tune_gc
 from projections import tracking
 from projections.ledger.derived import repair_derived
 from projections.ledger.migrate import apply_migrations
@@ -96,7 +96,8 @@ def run_command(settings: Settings, body: Callable[[], Awaitable[T]]) -> T:
     async def run() -> T:
         return await body()
 
-    return run_loop(run())  # replay and verify are long: the services' loop
+    tune_gc()  # replay and verify are long: the services' loop and collector settings
+    return run_loop(run())
 
 
 @contextmanager

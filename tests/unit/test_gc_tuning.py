@@ -7,12 +7,12 @@ import subprocess
 import sys
 import textwrap
 
-from services.runtime import GC_YOUNG_THRESHOLD
+from eventstore.loop import GC_YOUNG_THRESHOLD
 
 _PROBE = textwrap.dedent(
     """
     import gc, weakref
-    from services.runtime import tune_gc
+    from eventstore.loop import tune_gc
 
     tune_gc()
 

@@ -211,7 +211,9 @@ TIMESTAMP_SECONDS: Final = range(-62_135_596_800, 253_402_300_800)
 def malformed(message: Message, path: str = "") -> str | None:
     """Describe the first field of ``message`` (nested too) the schema cannot mean: an enum number
     its enum does not define (proto3 keeps such numbers) or a Timestamp outside its valid range;
-    None when there is none."""
+    None when there is none. Messages whose type cannot hold either are not walked."""
+    if not _checked(message.DESCRIPTOR):
+        return None
     if message.DESCRIPTOR.full_name == "google.protobuf.Timestamp":
         seconds, nanos = getattr(message, "seconds", 0), getattr(message, "nanos", 0)
         if seconds not in TIMESTAMP_SECONDS or not 0 <= nanos < 1_000_000_000:
@@ -223,7 +225,7 @@ def malformed(message: Message, path: str = "") -> str | None:
             for number in value if field.is_repeated else (value,):
                 if number not in field.enum_type.values_by_number:
                     return f"{name}: {number} is not a {field.enum_type.name} value"
-        elif field.message_type is not None:
+        elif field.message_type is not None and _checked(field.message_type):
             if field.message_type.GetOptions().map_entry:
                 items = [v for v in value.values() if isinstance(v, Message)]
             else:
@@ -232,6 +234,36 @@ def malformed(message: Message, path: str = "") -> str | None:
                 if found := malformed(item, f"{name}."):
                     return found
     return None
+
+
+_CHECKED: dict[str, bool] = {}  # message type -> whether ``malformed`` has anything to look at
+
+
+def _checked(descriptor: Any) -> bool:  # protobuf's or upb's Descriptor
+    """Tell whether messages of this type can hold an enum field or a Timestamp, themselves or in
+    a message they nest (decided once per type: a batch request of 100 purchases was walked
+    down to every ``Money`` for nothing, ~14 µs a command)."""
+    known = _CHECKED.get(descriptor.full_name)
+    if known is None:
+        known = _CHECKED[descriptor.full_name] = _reaches_checked_field(descriptor, set())
+    return known
+
+
+def _reaches_checked_field(descriptor: Any, seen: set[str]) -> bool:
+    if descriptor.full_name == "google.protobuf.Timestamp":
+        return True
+    seen.add(descriptor.full_name)  # message types may nest themselves
+    for field in descriptor.fields:
+        if field.enum_type is not None:
+            return True
+        nested = field.message_type
+        if (
+            nested is not None
+            and nested.full_name not in seen
+            and _reaches_checked_field(nested, seen)
+        ):
+            return True
+    return False
 
 
 async def _reject_invalid(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -13,12 +13,17 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from contracts.errors import Declined, NotFound
+from jetledger.card.v1 import card_pb2
+from jetledger.transaction.v1 import transaction_pb2 as tx
 from services.grpc_errors import (
     REASON_METADATA_KEY,
     STATUS_DETAILS_KEY,
+    _checked,
     error_from_rpc,
+    malformed,
     status_of,
 )
 from services.intake import CommandOutcome
@@ -117,3 +122,22 @@ def test_other_statuses_carry_no_details() -> None:
     got = error_from_rpc(FailedCall(grpc.StatusCode.NOT_FOUND, "card nope not found"))
     assert isinstance(got, NotFound) and str(got) == "card nope not found"
     assert status_of(NotFound("x")).details == []
+
+
+def test_malformed_walks_only_into_types_that_can_hold_an_enum_or_a_timestamp() -> None:
+    assert not _checked(tx.Money.DESCRIPTOR) and not _checked(
+        tx.CreateTransactionRequest.DESCRIPTOR
+    )
+    assert _checked(tx.SubmitTransactionsRequest.DESCRIPTOR)  # authorize carries a Timestamp
+    assert _checked(struct_pb2.Struct.DESCRIPTOR)  # nests itself; its Value holds an enum
+    batch = tx.SubmitTransactionsRequest(
+        commands=[
+            tx.TransactionCommand(create=tx.CreateTransactionRequest(transaction_id="a")),
+            tx.TransactionCommand(authorize=tx.AuthorizeTransactionRequest(transaction_id="b")),
+        ]
+    )
+    assert malformed(batch) is None
+    batch.commands[1].authorize.expires_at.seconds = 10**15
+    assert malformed(batch) == "commands.authorize.expires_at: not a valid timestamp"
+    issue = card_pb2.IssueCardRequest(card_type=99)  # type: ignore[arg-type]
+    assert malformed(issue) == "card_type: 99 is not a CardType value"

@@ -88,9 +88,20 @@ def mask_card_numbers(text: str) -> str:
     Deliberately wider than ``contains_card_number`` (no Luhn check): what is shown to people
     (notifications, logs, webhook bodies) masks anything shaped like a card number.
     """
-    if not may_hold_digit_run(text):
+    return mask_digit_runs(text, _DIGIT_RUN, 13)
+
+
+def mask_digit_runs(text: str, pattern: re.Pattern[str], length: int) -> str:
+    """Replace every match of ``pattern`` (runs of at least ``length`` digits, single spaces or
+    dashes between them) by ``****`` and the run's last four digits; text that
+    ``may_hold_digit_run`` clears is returned without a search."""
+    if not may_hold_digit_run(text, length):
         return text
-    return _DIGIT_RUN.sub(lambda m: "****" + re.sub(r"\D", "", m.group())[-4:], text)
+    return pattern.sub(_last_four, text)
+
+
+def _last_four(match: re.Match[str]) -> str:
+    return "****" + re.sub(r"\D", "", match.group())[-4:]
 
 
 def _luhn_ok(digits: list[int]) -> bool:

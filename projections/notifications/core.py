@@ -39,7 +39,7 @@ from contracts.events import (
     TransactionRefunded,
     TransactionVoided,
 )
-from contracts.ids import may_hold_digit_run
+from contracts.ids import mask_digit_runs
 from contracts.money import format_minor
 
 ALL_KINDS: Final[tuple[NotificationKind, ...]] = get_args(NotificationKind)
@@ -159,9 +159,7 @@ def low_balance_threshold(card: CardState, prefs: Effective) -> int:
 
 def redact(text: str) -> str:
     """Mask anything that looks like a card number, keeping its last four digits."""
-    if not may_hold_digit_run(text, 12):
-        return text
-    return _PAN_LIKE.sub(lambda m: "****" + re.sub(r"\D", "", m.group())[-4:], text)
+    return mask_digit_runs(text, _PAN_LIKE, 12)
 
 
 def new_card_state(card_id: str) -> CardState:

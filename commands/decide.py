@@ -131,6 +131,8 @@ def decide(
 def expired_holds(state: CardState, now: datetime) -> list[str]:
     """Return the ids of open holds lapsed at ``now``, oldest expiry first (for the sweeper)."""
     now = state.clock(now)
+    if state.next_expiry is None or now < state.next_expiry:
+        return []
     lapsed = [(hold.expires_at, key) for key, hold in state.holds.items() if hold.lapsed(now)]
     return [key for _, key in sorted(lapsed)]
 

@@ -102,7 +102,7 @@ def _apply(state: CardState, event: SourceEvent) -> CardState:
                 amount=event.amount,
                 expires_at=event.expires_at,
             )
-            return replace(state, holds=_put(state.holds, event.command_id, hold))
+            return _hold(state, event.command_id, hold)
         case TransactionCaptured():
             posting = Posting(merchant_id=sys.intern(event.merchant_id), amount=event.amount)
             postings = _put(state.postings, event.command_id, posting, REFUNDABLE_POSTINGS)
@@ -133,14 +133,24 @@ def _post(state: CardState, legs: tuple[Leg, ...]) -> CardState:
     return replace(state, posted=state.posted + delta) if delta else state
 
 
+def _hold(state: CardState, authorization_id: str, hold: Hold) -> CardState:
+    """Set an open hold (new, or partly captured), keeping ``held`` and ``next_expiry``."""
+    before = state.holds.get(authorization_id)
+    held = state.held + hold.remaining - (0 if before is None else before.remaining)
+    earliest = state.next_expiry
+    next_expiry = hold.expires_at if earliest is None or hold.expires_at < earliest else earliest
+    holds = _put(state.holds, authorization_id, hold)
+    return replace(state, holds=holds, held=held, next_expiry=next_expiry)
+
+
 def _capture(state: CardState, authorization_id: str, amount: int) -> CardState:
     hold = state.holds.get(authorization_id)
     if hold is None:
         return state
-    hold = replace(hold, captured=hold.captured + amount)
-    if hold.remaining > 0:
-        return replace(state, holds=_put(state.holds, authorization_id, hold))
-    return _close(state, authorization_id, hold, "captured")
+    captured = replace(hold, captured=hold.captured + amount)
+    if captured.remaining > 0:
+        return _hold(state, authorization_id, captured)
+    return _close(state, authorization_id, captured, "captured")
 
 
 def _end_hold(state: CardState, authorization_id: str, ended: HoldEnd) -> CardState:
@@ -149,13 +159,23 @@ def _end_hold(state: CardState, authorization_id: str, ended: HoldEnd) -> CardSt
 
 
 def _close(state: CardState, authorization_id: str, hold: Hold, ended: HoldEnd) -> CardState:
-    """Move a hold to the closed ones, releasing whatever it still held."""
+    """Move a hold to the closed ones, releasing whatever it still held.
+
+    ``hold`` is the hold as it ends (after a final capture); what leaves ``held`` is what the open
+    hold held before. The earliest expiry is looked for again only when the hold that had it ends.
+    """
     closed = ClosedHold(
         merchant_id=hold.merchant_id, amount=hold.amount, captured=hold.captured, ended=ended
     )
     holds = {key: value for key, value in state.holds.items() if key != authorization_id}
+    held = state.held - state.holds[authorization_id].remaining
+    next_expiry = state.next_expiry
+    if next_expiry is not None and hold.expires_at <= next_expiry:
+        next_expiry = min((open_.expires_at for open_ in holds.values()), default=None)
     closed_holds = _put(state.closed_holds, authorization_id, closed, CLOSED_HOLDS_KEPT)
-    return replace(state, holds=holds, closed_holds=closed_holds)
+    return replace(
+        state, holds=holds, held=held, next_expiry=next_expiry, closed_holds=closed_holds
+    )
 
 
 def _put(mapping: Mapping[str, _V], key: str, value: _V, keep: int | None = None) -> dict[str, _V]:

@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from commands.state import CardState
+from commands.state import CardState, with_totals
 
 SNAPSHOT_EVERY: Final = 64  # events of a card between two snapshots
 FORMAT: Final = 1
@@ -57,9 +57,15 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
 
 
 def decode_snapshot(data: bytes) -> Snapshot | None:
-    """Decode a snapshot; None when it is of another format (the caller loads the full family)."""
+    """Decode a snapshot; None when it is of another format (the caller loads the full family).
+
+    The state's ``held`` and ``next_expiry`` are computed from its holds, not read: snapshots
+    written before those fields existed decode the same.
+    """
     try:
         snapshot = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return snapshot if snapshot.format == FORMAT else None
+    if snapshot.format != FORMAT:
+        return None
+    return msgspec.structs.replace(snapshot, state=with_totals(snapshot.state))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,6 +18,7 @@ from contracts.subjects import Subjects
 from eventstore import Position
 from services.intake import cards as cards_module
 from services.intake.cards import CardStates, Recorded, state_bytes
+from services.intake.snapshots import Snapshot, decode_snapshot, encode_snapshot
 from tests.unit.test_commands_decide import buy, fund, hold, issue, ok
 
 NO_STORE: Any = None  # these tests never read the stream
@@ -95,6 +96,18 @@ def test_a_card_pushed_out_comes_back_packed_without_reading_the_stream() -> Non
         assert cards.cached(card_id) == state
     assert cards.stats.unpacked == 10  # c0..c6 at first, then c7..c9 pushed out by them
     assert len(cards) + cards.packed[0] == 10
+
+
+def test_a_snapshot_without_hold_totals_decodes_with_them() -> None:
+    """Snapshots written before ``held``/``next_expiry`` existed lack them: they are recomputed."""
+    state = _card(purchases=3, holds=4)
+    assert state.held == 12 and state.next_expiry is not None
+    older = msgspec.structs.replace(state, held=0, next_expiry=None)  # as an older writer left it
+    snapshot = decode_snapshot(encode_snapshot(Snapshot(older, 0, True, ())))
+    assert snapshot is not None
+    assert snapshot.state == state
+    assert state.next_expiry is not None
+    assert snapshot.state.pending(state.next_expiry - timedelta(seconds=1)) == 12
 
 
 def test_the_packed_tier_keeps_to_its_budget() -> None:

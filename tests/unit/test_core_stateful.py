@@ -610,6 +610,18 @@ class LedgerMachine(RuleBasedStateMachine):
             assert set(state.holds) == {i for i, h in mcard.holds.items() if h.state == "open"}
 
     @invariant()
+    def running_hold_totals_match_the_open_holds(self) -> None:
+        """``held`` is what the open holds hold; ``next_expiry`` is never after the earliest."""
+        for state in self.states.values():
+            holds = state.holds.values()
+            assert state.held == sum(hold.remaining for hold in holds)
+            if not holds:
+                assert state.next_expiry is None
+            else:
+                assert state.next_expiry is not None
+                assert state.next_expiry <= min(hold.expires_at for hold in holds)
+
+    @invariant()
     def every_boundary_is_decided_as_the_model_says(self) -> None:
         """Ask, without applying, the questions that sit exactly on each limit of each card.
 

@@ -137,7 +137,11 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
     async def _run(self, command: Command) -> tuple[card_pb2.CommandResult, card_pb2.CardResponse]:
         outcome = await self._handler.handle(command)
         result = command_result(outcome)
-        state = await self._card(command.card_id, outcome.stream_sequence)
+        # The state this process has just decided on and appended is the card as of its write:
+        # no wait for the follower to read the event back (what kept issuing at ~200 cards/s).
+        state = self._handler.cards.cached(command.card_id)
+        if not state.exists or state.version < outcome.stream_sequence:
+            state = await self._card(command.card_id, outcome.stream_sequence)
         return result, card_response(state, self._stream, datetime.now(UTC))
 
     @translate_errors

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.histories import History
+from commands.evolve import fold
 from contracts.errors import InvalidArgument
 from projections.notifications.core import (
     DEFAULT_KINDS,
@@ -122,3 +125,33 @@ def test_malformed_tokens_are_invalid_arguments(bad: str) -> None:
         decode_cursor(bad)
     with pytest.raises(InvalidArgument):
         decode_page_token(bad)
+
+
+def test_the_held_total_follows_the_holds_and_the_state_stays_small() -> None:
+    history = History()
+    history.issue("c1", limit=10**9)
+    sizes = []
+    for round_ in range(60):
+        first = history.authorize("c1", "m1", 1_000 + round_)
+        second = history.authorize("c1", "m2", 500)
+        left_open = history.authorize("c1", "m3", 7)  # never ended: open holds pile up
+        assert first and second and left_open
+        history.capture("c1", first, 400)  # in part: still open
+        history.capture("c1", first, 10**6)  # the rest: ended
+        history.release("c1", second, expired=round_ % 2 == 0)
+        card = new_card_state("c1")
+        for seq, event in enumerate(history.events, start=1):
+            on_source_event(card, event, "S", seq, DEFAULT)
+        decided = fold(history.events)
+        assert card.held == decided.held == sum(h.remaining for h in decided.holds.values())
+        assert card.available == decided.posted + decided.credit_limit - decided.held
+        sizes.append(len(msgspec.json.encode(card)))
+    assert len(decided.holds) == 60
+    assert sizes[-1] - sizes[0] <= 4, "one total, not one entry per open hold"
+
+
+def test_a_state_stored_with_the_per_hold_map_decodes_into_the_total() -> None:
+    stored = b'{"card_id":"c1","posted":-500,"credit_limit":2000,"holds":{"a1":300,"a2":45}}'
+    card = msgspec.json.decode(stored, type=CardState)
+    assert (card.held, card.holds, card.available) == (345, {}, 2000 - 500 - 345)
+    assert b"holds" not in msgspec.json.encode(card)

@@ -163,16 +163,25 @@ def _close(state: CardState, authorization_id: str, hold: Hold, ended: HoldEnd) 
 
     ``hold`` is the hold as it ends (after a final capture); what leaves ``held`` is what the open
     hold held before. The earliest expiry is looked for again only when the hold that had it ends.
+    The ended hold is keyed by the very string it was opened under (the authorization's own id,
+    which the process's map of recent ids shares): the capture's or void's equal copy would be one
+    more ~73 B string per ended hold, ~9 MB over 1,000 cards at 128 ended holds each.
     """
     closed = ClosedHold(
         merchant_id=hold.merchant_id, amount=hold.amount, captured=hold.captured, ended=ended
     )
-    holds = {key: value for key, value in state.holds.items() if key != authorization_id}
+    holds: dict[str, Hold] = {}
+    key = authorization_id
+    for other, value in state.holds.items():
+        if other == authorization_id:
+            key = other  # the string the hold was opened under, not the capture's or void's copy
+        else:
+            holds[other] = value
     held = state.held - state.holds[authorization_id].remaining
     next_expiry = state.next_expiry
     if next_expiry is not None and hold.expires_at <= next_expiry:
         next_expiry = min((open_.expires_at for open_ in holds.values()), default=None)
-    closed_holds = _put(state.closed_holds, authorization_id, closed, CLOSED_HOLDS_KEPT)
+    closed_holds = _put(state.closed_holds, key, closed, CLOSED_HOLDS_KEPT)
     return replace(
         state, holds=holds, held=held, next_expiry=next_expiry, closed_holds=closed_holds
     )

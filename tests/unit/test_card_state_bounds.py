@@ -72,6 +72,17 @@ def test_ended_holds_are_bounded_and_open_holds_are_all_kept() -> None:
     assert settle.command_id in state.postings and open_ids[0] in state.closed_holds
 
 
+def test_an_ended_hold_keeps_the_id_string_it_was_opened_under() -> None:
+    state = ok(issue("debit"), fund(1_000))
+    opened, other = hold(30), hold(40)
+    state = ok(ok(state, opened), other)
+    for end in (capture("".join(list(opened.command_id)), 30), void("".join(other.command_id))):
+        state = ok(state, end)
+    keys = {key: key for key in state.closed_holds}
+    assert keys[opened.command_id] is opened.command_id, "not the capture's equal copy"
+    assert keys[other.command_id] is other.command_id, "not the void's equal copy"
+
+
 def test_the_size_of_a_state_does_not_grow_with_the_cards_age() -> None:
     young, _ = _aged(REFUNDABLE_POSTINGS)
     old, _ = _aged(5 * REFUNDABLE_POSTINGS)

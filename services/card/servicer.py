@@ -138,7 +138,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         outcome = await self._handler.handle(command)
         result = command_result(outcome)
         # The state this process has just decided on and appended is the card as of its write:
-        # no wait for the follower to read the event back (what kept issuing at ~200 cards/s).
+        # no wait for the follower to read the event back.
         state = self._handler.cards.cached(command.card_id)
         if not state.exists or state.version < outcome.stream_sequence:
             state = await self._card(command.card_id, outcome.stream_sequence)

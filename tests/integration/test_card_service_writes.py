@@ -1,8 +1,7 @@
 """The card service answers its own commands from the state it has just appended.
 
-Reading the event back through the follower cost a round trip through the stream on every
-IssueCard (what limited issuance to ~200 cards/s); the handler's state after a confirmed append
-is the card exactly as of that write.
+Reading the event back through the follower cost a wait for the stream's follower on every
+IssueCard; the handler's state after a confirmed append is the card exactly as of that write.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def _close(state: CardState, authorization_id: str, hold: Hold, ended: HoldEnd) 
     hold held before. The earliest expiry is looked for again only when the hold that had it ends.
     The ended hold is keyed by the very string it was opened under (the authorization's own id,
     which the process's map of recent ids shares): the capture's or void's equal copy would be one
-    more ~73 B string per ended hold, ~9 MB over 1,000 cards at 128 ended holds each.
+    more ~73 B string per ended hold (~9 MB over 1,000 cards at 128 ended holds each, by estimate).
     """
     closed = ClosedHold(
         merchant_id=hold.merchant_id, amount=hold.amount, captured=hold.captured, ended=ended

@@ -22,8 +22,8 @@ capture or void of it ``authorization_not_found``. Per event, ``evolve`` copies 
 bounded mapping (~1–2 µs at 128 entries).
 
 ``pending`` is O(1) while no open hold has lapsed: ``held`` and ``next_expiry`` (the earliest
-``expires_at`` of the open holds, or earlier) are kept by ``evolve``, and only a decision at or after
-``next_expiry`` (a lapsed hold the sweeper has not expired yet) sums the holds. Summing was
+``expires_at`` of the open holds, or earlier) are kept by ``evolve``, and only a decision at or
+after ``next_expiry`` (a lapsed hold the sweeper has not expired yet) sums the holds. Summing was
 ~13 µs a decision for a card with 42 open holds, where a long soak leaves them. A state decoded
 from elsewhere (a snapshot) gets both from ``with_totals``, never from the wire.
 

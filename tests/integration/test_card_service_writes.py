@@ -15,6 +15,7 @@ from jetledger.card.v1 import card_pb2
 from services.card.live import LiveCards
 from services.card.servicer import CardServicer
 from services.intake import CommandHandler
+from tests.e2e.support import issue_request
 
 NO_CONTEXT: Any = cast(Any, None)  # no call here ends in an error, so none is aborted
 
@@ -27,18 +28,7 @@ async def test_commands_answer_from_the_written_state_without_the_follower(
     async with GroupCommitWriter(store) as writer:
         servicer = CardServicer(CommandHandler(store, writer, store.names), store, store.names,
                                 registry, idle)  # fmt: skip
-        issued = await servicer.IssueCard(
-            card_pb2.IssueCardRequest(
-                command_id="issue-1",
-                card_id="c1",
-                cardholder_name="Ada Lovelace",
-                card_type=card_pb2.CARD_TYPE_CREDIT,
-                currency="USD",
-                credit_limit=5_000,
-                last4="4242",
-            ),
-            NO_CONTEXT,
-        )
+        issued = await servicer.IssueCard(issue_request("c1", credit_limit=5_000), NO_CONTEXT)
         frozen = await servicer.FreezeCard(
             card_pb2.FreezeCardRequest(command_id="freeze-1", card_id="c1", reason="lost"),
             NO_CONTEXT,
